@@ -1,0 +1,77 @@
+"""``wsi-tools``: one entry point, one sub-module per area.
+
+Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds
+its sub-commands and sets ``func`` on each. Heavy imports (torch, zarr, dask)
+stay inside the handlers so that ``wsi-tools --help`` and ``info`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from wsi_tools import __version__
+from wsi_tools.errors import WsiToolsError
+
+COMMAND_MODULES = (
+    "wsi_tools.cli.slides",  # info, tissue
+    "wsi_tools.cli.annotations",  # annotations
+    "wsi_tools.cli.extract",  # extract, verify, export, import-png
+    "wsi_tools.cli.batch",  # manifest, batch
+    "wsi_tools.cli.train",  # train, evaluate
+    "wsi_tools.cli.mining",  # mine, run, ablate, demo
+)
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+DESCRIPTION = """\
+Turn Aperio whole-slide images and ASAP XML annotations into a zarr patch
+store, train a patch classifier from it, and mine hard negatives
+(Lee et al. 2024, J Pathol Clin Res 10:e355).
+
+Typical flow:
+  wsi-tools info slide.svs                      what is in a slide
+  wsi-tools extract slide.svs --out store.zarr --set hard --annotations slide.xml
+  wsi-tools batch manifest.csv --out store.zarr --workers 2
+  wsi-tools run --config configs/hnm.yaml --store store.zarr --out runs/hnm
+  wsi-tools demo --out demo_out                 the whole method on a synthetic cohort
+
+Exit status: 0 success, 2 bad input (the message names the file and the fix),
+3 a batch finished but some slides failed.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi-tools",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"wsi-tools {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except WsiToolsError as error:
+        print(f"wsi-tools {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"wsi-tools {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
