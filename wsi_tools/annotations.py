@@ -640,11 +640,12 @@ def summarize(aset: AnnotationSet, labeled: LabeledAnnotations | None = None) ->
         "warnings": list(aset.warnings),
     }
     if labeled is not None:
-        labels: dict[str, dict[str, Any]] = {}
+        # Every label of the map is listed, with zero counts where nothing has it.
+        labels = {str(label): _label_entry() for label in sorted(set(labeled.label_map.labels.values()))}
         for annotation in labeled.labeled:
-            _add(labels.setdefault(str(annotation.label), _label_entry()), annotation)
+            _add(labels[str(annotation.label)], annotation)
         summary["label_map"] = labeled.label_map.source
-        summary["labels"] = dict(sorted(labels.items()))
+        summary["labels"] = labels
         summary["excluded"] = _label_entry()
         for annotation in labeled.excluded:
             _add(summary["excluded"], annotation)
