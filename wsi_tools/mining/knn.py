@@ -1,0 +1,262 @@
+"""Exact k-nearest-neighbour search streamed over a database of feature rows.
+
+The database is anything with ``shape`` and row slicing (a numpy array or
+memmap, a zarr array, a torch tensor): it is read ``chunk_rows`` rows at a
+time, so a weak set of 10^7 embeddings never sits in memory and no full
+queries x database matrix is ever formed. Each chunk is scored with one
+matrix product and reduced with ``torch.topk``; a running top-k per query is
+merged chunk by chunk.
+
+L2 ranks by ``|x|^2 - 2 q.x`` (``|q|^2`` is constant per query and does not
+change the order). That expansion loses precision in float32 exactly where it
+matters most, near distance 0, so the search keeps a few spare candidates per
+query and their true distances are recomputed in float64 from the rows
+themselves before the final cut: exact copies come first, at distance 0.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from wsi_tools.errors import ConfigError
+
+Metric = Literal["l2", "cosine"]
+METRICS = ("l2", "cosine")
+DEFAULT_QUERY_ROWS = 4_096
+# Budget for one query-block x chunk score matrix; sets the default chunk size.
+DEFAULT_SCORES_MB = 64.0
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 1_024, 131_072
+# Spare candidates per query, re-ranked with exact distances at the end.
+SPARE_CANDIDATES = 8
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    """Row indices into the database and their distances, best first.
+
+    For ``l2`` the distances are Euclidean (ascending); for ``cosine`` they
+    are cosine similarities (descending: the most similar first). Where the
+    database has fewer than ``k`` eligible rows, indices are -1 and distances
+    inf (l2) or -inf (cosine).
+    """
+
+    indices: np.ndarray  # (Q, k) int64
+    distances: np.ndarray  # (Q, k) float32
+    metric: str
+
+
+def _as_float_tensor(rows: Any, device: torch.device) -> torch.Tensor:
+    tensor = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))
+    return tensor.to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def _chunks(database: Any, chunk_rows: int) -> Iterator[tuple[int, Any]]:
+    """Database chunks, the next one read in a background thread while the
+    current one is scored (matrix products release the GIL)."""
+    n_rows = int(database.shape[0])
+    starts = list(range(0, n_rows, chunk_rows))
+    if not starts:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(lambda s: database[s : s + chunk_rows], starts[0])
+        for position, start in enumerate(starts):
+            rows = pending.result()
+            if position + 1 < len(starts):
+                pending = reader.submit(lambda s: database[s : s + chunk_rows], starts[position + 1])
+            yield start, rows
+
+
+def _take_rows(database: Any, indices: np.ndarray) -> np.ndarray:
+    """Rows at sorted unique ``indices`` (memmap, zarr and tensors alike)."""
+    if isinstance(database, torch.Tensor):
+        return database[torch.from_numpy(indices)].cpu().numpy()
+    oindex = getattr(database, "oindex", None)
+    if oindex is not None and not isinstance(database, np.ndarray):
+        return np.asarray(oindex[indices, :])
+    return np.asarray(database[indices])
+
+
+def default_chunk_rows(n_queries: int, scores_mb: float = DEFAULT_SCORES_MB) -> int:
+    """Database rows per chunk so that the score matrix fits ``scores_mb``."""
+    rows = int(scores_mb * 2**20 / (4 * max(n_queries, 1)))
+    return int(min(max(rows, MIN_CHUNK_ROWS), MAX_CHUNK_ROWS))
+
+
+def _validate(queries: np.ndarray, database: Any, k: int, metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown kNN metric {metric!r}; use one of {', '.join(METRICS)}")
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if queries.ndim != 2 or len(database.shape) != 2 or queries.shape[1] != database.shape[1]:
+        raise ConfigError(
+            f"queries {tuple(queries.shape)} and database {tuple(database.shape)} must be 2-D "
+            "with the same feature width"
+        )
+
+
+def knn_search(
+    queries: np.ndarray | torch.Tensor,
+    database: Any,
+    k: int,
+    *,
+    metric: Metric = "l2",
+    exclude: np.ndarray | None = None,
+    chunk_rows: int | None = None,
+    query_rows: int = DEFAULT_QUERY_ROWS,
+    scores_mb: float = DEFAULT_SCORES_MB,
+    device: str | torch.device | None = None,
+    backend: Literal["torch", "faiss"] = "torch",
+) -> KnnResult:
+    """Exact ``k`` nearest database rows for every query row.
+
+    ``exclude`` is an optional boolean mask over database rows that may not be
+    returned (patches already in training). Working memory is one
+    ``query_rows x chunk_rows`` float32 score matrix plus two database chunks
+    (one being read ahead), whatever the database size; ``chunk_rows``
+    defaults to what fits ``scores_mb``. ``device`` defaults to CUDA when
+    present.
+    """
+    queries_np = queries.cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
+    queries_np = queries_np.astype(np.float32, copy=False)
+    _validate(queries_np, database, k, metric)
+    n_database = int(database.shape[0])
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != (n_database,):
+            raise ConfigError(f"exclude mask has shape {exclude.shape}, expected ({n_database},)")
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(min(len(queries_np), query_rows), scores_mb)
+    if backend == "faiss":
+        return _faiss_search(queries_np, database, k, metric, exclude, chunk_rows)
+    if backend != "torch":
+        raise ConfigError(f"unknown kNN backend {backend!r}; use torch or faiss")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    n_candidates = min(k + SPARE_CANDIDATES, max(n_database, 1))
+    all_scores: list[np.ndarray] = []
+    all_indices: list[np.ndarray] = []
+    for q_start in range(0, len(queries_np), query_rows):
+        block = queries_np[q_start : q_start + query_rows]
+        scores, indices = _stream_topk(block, database, n_candidates, metric, exclude, chunk_rows, device)
+        all_scores.append(scores)
+        all_indices.append(indices)
+    if not all_indices:
+        return KnnResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), metric)
+    candidates = np.concatenate(all_indices)
+    distances = _exact_rerank(queries_np, database, candidates, metric)
+    return _cut(candidates, distances, k, metric)
+
+
+def _stream_topk(
+    queries: np.ndarray,
+    database: Any,
+    n_candidates: int,
+    metric: str,
+    exclude: np.ndarray | None,
+    chunk_rows: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running top-``n_candidates`` of one query block over all chunks; scores
+    are "smaller is better" (``|x|^2 - 2 q.x`` or ``-cos``)."""
+    q = _as_float_tensor(queries, device)
+    if metric == "cosine":
+        q = torch.nn.functional.normalize(q, dim=1)
+    best_scores = torch.full((len(q), 0), float("inf"), device=device)
+    best_indices = torch.zeros((len(q), 0), dtype=torch.int64, device=device)
+    for start, rows in _chunks(database, chunk_rows):
+        x = _as_float_tensor(rows, device)
+        if metric == "cosine":
+            scores = -(q @ torch.nn.functional.normalize(x, dim=1).T)
+        else:
+            scores = torch.addmm((x * x).sum(dim=1)[None, :], q, x.T, beta=1.0, alpha=-2.0)
+        if exclude is not None:
+            banned = torch.from_numpy(exclude[start : start + len(x)]).to(device)
+            scores.masked_fill_(banned[None, :], float("inf"))
+        take = min(n_candidates, scores.shape[1])
+        chunk_scores, chunk_indices = torch.topk(scores, take, dim=1, largest=False, sorted=False)
+        del scores
+        merged_scores = torch.cat([best_scores, chunk_scores], dim=1)
+        merged_indices = torch.cat([best_indices, chunk_indices + start], dim=1)
+        take = min(n_candidates, merged_scores.shape[1])
+        best_scores, order = torch.topk(merged_scores, take, dim=1, largest=False, sorted=False)
+        best_indices = torch.gather(merged_indices, 1, order)
+    best_indices = best_indices.masked_fill(torch.isinf(best_scores), -1)
+    return best_scores.cpu().numpy(), best_indices.cpu().numpy()
+
+
+def _exact_rerank(
+    queries: np.ndarray, database: Any, candidates: np.ndarray, metric: str, block: int = 512
+) -> np.ndarray:
+    """True distances (float64 maths) of every candidate; inf where none."""
+    valid = candidates >= 0
+    unique = np.unique(candidates[valid])
+    if not len(unique):
+        return np.full(candidates.shape, np.inf)
+    rows = _take_rows(database, unique).astype(np.float64)
+    position = np.searchsorted(unique, np.where(valid, candidates, unique[0]))
+    distances = np.empty(candidates.shape)
+    for start in range(0, len(candidates), block):
+        q = queries[start : start + block].astype(np.float64)[:, None, :]
+        picked = rows[position[start : start + block]]  # (block, C, D)
+        if metric == "cosine":
+            norms = np.linalg.norm(picked, axis=2) * np.linalg.norm(q, axis=2)
+            distances[start : start + block] = -(picked * q).sum(axis=2) / np.maximum(norms, 1e-12)
+        else:
+            distances[start : start + block] = np.sqrt(((picked - q) ** 2).sum(axis=2))
+    distances[~valid] = np.inf
+    return distances
+
+
+def _cut(candidates: np.ndarray, distances: np.ndarray, k: int, metric: str) -> KnnResult:
+    """Sort by exact distance (index breaks ties), keep ``k``, pad with -1."""
+    n_queries = len(candidates)
+    indices = np.full((n_queries, k), -1, np.int64)
+    out = np.full((n_queries, k), np.inf, np.float64)
+    for i in range(n_queries):
+        order = np.lexsort((candidates[i], distances[i]))[:k]
+        order = order[np.isfinite(distances[i][order])]
+        indices[i, : len(order)] = candidates[i][order]
+        out[i, : len(order)] = distances[i][order]
+    if metric == "cosine":
+        out = -out  # back to similarities, most similar first
+    return KnnResult(indices, out.astype(np.float32), metric)
+
+
+def _faiss_search(
+    queries: np.ndarray,
+    database: Any,
+    k: int,
+    metric: str,
+    exclude: np.ndarray | None,
+    chunk_rows: int,
+) -> KnnResult:
+    """Exact search with faiss' flat index (holds the database in memory)."""
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except ImportError as error:
+        raise ConfigError(
+            "the faiss kNN backend needs faiss: pip install 'wsi-tools[faiss]', or use backend torch"
+        ) from error
+    dim = queries.shape[1]
+    index = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
+    for _, rows in _chunks(database, chunk_rows):
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if metric == "cosine":
+            faiss.normalize_L2(rows)
+        index.add(rows)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if metric == "cosine":
+        q = q.copy()
+        faiss.normalize_L2(q)
+    n_excluded = int(exclude.sum()) if exclude is not None else 0
+    n_fetch = min(k + SPARE_CANDIDATES + n_excluded, index.ntotal)
+    _, found = index.search(q, max(n_fetch, 1))
+    if exclude is not None:
+        found = np.where((found >= 0) & exclude[np.clip(found, 0, None)], -1, found)
+    distances = _exact_rerank(queries, database, found.astype(np.int64), metric)
+    return _cut(found.astype(np.int64), distances, k, metric)
