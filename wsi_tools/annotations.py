@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 import warnings as python_warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,8 +83,9 @@ DEFAULT_LABEL_MAP = LABEL_MAP_DIR / "lymphatic_invasion.yaml"
 LABEL_RANGE = (0, 127)  # the patch store keeps labels as int8; negatives are reserved
 
 # Entity declarations are refused before parsing: with them a few hundred
-# bytes can expand to gigabytes, and ASAP never writes a DOCTYPE.
-_ENTITY_DECLARATION = re.compile(rb"<!ENTITY", re.IGNORECASE)
+# bytes can expand to gigabytes, and ASAP never writes a DOCTYPE. Looked for
+# in the encodings an XML file may use without a byte-order-free ASCII prefix.
+_SCANNED_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be")
 
 
 # --------------------------------------------------------------------------- data
@@ -274,10 +274,11 @@ def _parse_hardened(path: Path) -> etree._Element:
         raise AnnotationError(f"{path}: no such annotation file; check the path") from None
     except OSError as error:
         raise AnnotationError(f"{path}: cannot read the annotation file ({error.strerror})") from None
-    entity = _ENTITY_DECLARATION.search(data)
-    if entity:
-        line = data.count(b"\n", 0, entity.start()) + 1
-        raise AnnotationError(_entity_message(path, line))
+    for encoding in _SCANNED_ENCODINGS:
+        position = data.find("<!ENTITY".encode(encoding))
+        if position >= 0:
+            line = data.count("\n".encode(encoding), 0, position) + 1
+            raise AnnotationError(_entity_message(path, line))
     try:
         root = etree.fromstring(data, parser=_hardened_parser())
     except etree.XMLSyntaxError as error:
@@ -442,17 +443,20 @@ def _build_geometry(
         warnings.append(f"{where}: degenerate {kind} with {distinct} distinct vertices; skipped")
         return None
     polygon: BaseGeometry = Polygon(points)
+    repair = None
     if not polygon.is_valid:
         reason = shapely.is_valid_reason(polygon)
         polygon = polygonal_part(shapely.make_valid(polygon))
         parts = len(shapely.get_parts(polygon))
-        warnings.append(
+        repair = (
             f"{where}: invalid {kind} ({reason}) repaired with make_valid into {parts} part(s), "
             f"area {polygon.area:.1f} px²"
         )
-    if polygon.is_empty or polygon.area == 0:
+    if polygon.is_empty or polygon.area == 0:  # e.g. collinear vertices: nothing left to repair
         warnings.append(f"{where}: degenerate {kind} with zero area; skipped")
         return None
+    if repair:
+        warnings.append(repair)
     return polygon
 
 
