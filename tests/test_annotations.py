@@ -172,6 +172,12 @@ def test_not_asap_files_are_refused(tmp_path: Path, content: str, message: str) 
         read_asap_xml(path)
 
 
+def test_empty_asap_file_reads_with_a_warning(tmp_path: Path) -> None:
+    aset = read_asap_xml(write(tmp_path, "<ASAP_Annotations><Annotations/></ASAP_Annotations>"))
+    assert aset.annotations == [] and aset.groups == {}
+    assert aset.warnings == ["the file holds no Annotation elements"]
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="no such annotation file") as caught:
         read_asap_xml(tmp_path / "nope.xml")

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 import yaml
 from lxml import etree
@@ -249,7 +250,10 @@ def read_asap_xml(path: str | Path, slide_dimensions: tuple[int, int] | None = N
     warnings: list[str] = []
     groups = _read_groups(root, warnings)
     annotations: list[Annotation] = []
-    for index, element in enumerate(root.iterfind("Annotations/Annotation")):
+    elements = root.findall("Annotations/Annotation")
+    if not elements:
+        warnings.append("the file holds no Annotation elements")
+    for index, element in enumerate(elements):
         annotation = _read_annotation(element, index, path, groups, warnings)
         if annotation is None:
             continue
@@ -390,22 +394,46 @@ def _read_annotation(
     )
 
 
-def _read_coordinates(
-    element: etree._Element, path: Path, where: str, warnings: list[str]
-) -> list[tuple[float, float]]:
-    rows: list[tuple[float, int, float, float]] = []
-    for position, coordinate in enumerate(element.iterfind("Coordinates/Coordinate")):
-        what = f"{where}, coordinate at line {coordinate.sourceline}"
-        x = _parse_number(coordinate.get("X"), "X", path, what)
-        y = _parse_number(coordinate.get("Y"), "Y", path, what)
-        order_text = coordinate.get("Order")
-        order = position if order_text is None else _parse_number(order_text, "Order", path, what)
-        rows.append((order, position, x, y))
-    rows.sort()  # by Order, file position breaking ties
-    orders = [row[0] for row in rows]
-    if len(set(orders)) != len(orders):
+def _read_coordinates(element: etree._Element, path: Path, where: str, warnings: list[str]) -> np.ndarray:
+    """(N, 2) float vertices sorted by ``Order`` (file position breaking ties)."""
+    coordinates = element.findall("Coordinates/Coordinate")
+    raw = [(c.get("Order"), c.get("X"), c.get("Y")) for c in coordinates]
+    try:  # fast path: plain numbers everywhere
+        rows = np.array(
+            [
+                (position if order is None else float(order), float(x), float(y))
+                for position, (order, x, y) in enumerate(raw)
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 3)
+        usable = bool(np.isfinite(rows).all())
+    except (TypeError, ValueError):
+        usable = False
+    if not usable:  # decimal commas, or an error to report with its line
+        rows = np.array(
+            [
+                _parse_coordinate(coordinate, position, path, where)
+                for position, coordinate in enumerate(coordinates)
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 3)
+    order = np.lexsort((np.arange(len(rows)), rows[:, 0]))
+    if len(np.unique(rows[:, 0])) != len(rows):
         warnings.append(f"{where}: repeated Order values; file order used between equal ones")
-    return [(x, y) for _, _, x, y in rows]
+    return rows[order, 1:]
+
+
+def _parse_coordinate(
+    coordinate: etree._Element, position: int, path: Path, where: str
+) -> tuple[float, float, float]:
+    what = f"{where}, coordinate at line {coordinate.sourceline}"
+    order_text = coordinate.get("Order")
+    order = float(position) if order_text is None else _parse_number(order_text, "Order", path, what)
+    return (
+        order,
+        _parse_number(coordinate.get("X"), "X", path, what),
+        _parse_number(coordinate.get("Y"), "Y", path, what),
+    )
 
 
 def _parse_number(text: str | None, attribute: str, path: Path, what: str) -> float:
@@ -423,10 +451,8 @@ def _parse_number(text: str | None, attribute: str, path: Path, what: str) -> fl
     return value
 
 
-def _build_geometry(
-    kind: str, points: list[tuple[float, float]], where: str, warnings: list[str]
-) -> BaseGeometry | None:
-    if not points:
+def _build_geometry(kind: str, points: np.ndarray, where: str, warnings: list[str]) -> BaseGeometry | None:
+    if len(points) == 0:
         warnings.append(f"{where}: no coordinates; skipped")
         return None
     if kind == "dot":
@@ -437,12 +463,14 @@ def _build_geometry(
         return MultiPoint(points)
     if kind == "rectangle" and len(points) == 2:
         (x0, y0), (x1, y1) = points
-        points = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-    distinct = len(set(points))
-    if distinct < 3:
-        warnings.append(f"{where}: degenerate {kind} with {distinct} distinct vertices; skipped")
-        return None
-    polygon: BaseGeometry = Polygon(points)
+        points = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+    polygon: BaseGeometry = Polygon(points) if len(points) >= 3 else Polygon()
+    if polygon.is_empty or polygon.area == 0 or not polygon.is_valid:
+        # Counted only here: the common valid polygon needs no sort of its vertices.
+        distinct = len(np.unique(points, axis=0))
+        if distinct < 3:
+            warnings.append(f"{where}: degenerate {kind} with {distinct} distinct vertices; skipped")
+            return None
     repair = None
     if not polygon.is_valid:
         reason = shapely.is_valid_reason(polygon)
