@@ -84,8 +84,8 @@ DEFAULT_LABEL_MAP = LABEL_MAP_DIR / "lymphatic_invasion.yaml"
 LABEL_RANGE = (0, 127)  # the patch store keeps labels as int8; negatives are reserved
 
 # Entity declarations are refused before parsing: with them a few hundred
-# bytes can expand to gigabytes, and ASAP never writes a DOCTYPE. Looked for
-# in the encodings an XML file may use without a byte-order-free ASCII prefix.
+# bytes can expand to gigabytes, and ASAP never writes a DOCTYPE. The raw
+# bytes are searched in the encodings annotation files come in.
 _SCANNED_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be")
 
 
@@ -289,7 +289,7 @@ def _parse_hardened(path: Path) -> etree._Element:
         raise AnnotationError(
             f"{path}: malformed XML at line {error.lineno}: {error.msg}; re-export it from ASAP or fix that line"
         ) from None
-    # A second guard for encodings the byte search cannot see (UTF-16...).
+    # A second guard for encodings the byte search cannot see (UTF-32...).
     dtd = root.getroottree().docinfo.internalDTD
     if dtd is not None and any(True for _ in dtd.iterentities()):
         raise AnnotationError(_entity_message(path, 1))
