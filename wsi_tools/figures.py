@@ -1,0 +1,192 @@
+"""Pictures of the mining pipeline: t-SNE, Grad-CAM and the mined-patch gallery.
+
+Everything is written as PNG with matplotlib's Agg backend (no display).
+Images are uint8 RGB (H, W, 3) patches as stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+
+# Patch categories of the t-SNE, in drawing order (mined on top).
+CATEGORY_COLORS: dict[str, str] = {
+    "TN": "#9ecae1",
+    "FN": "#fdae6b",
+    "TP": "#d62728",
+    "FP": "#2ca02c",
+    "mined": "#6a3d9a",
+}
+
+
+def _save(figure: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of (N, D) features (perplexity kept below N)."""
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    if n < 3:
+        return np.zeros((n, 2))
+    perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        np.asarray(features, dtype=np.float32)
+    )
+
+
+def plot_tsne(
+    embeddings: Mapping[str, np.ndarray],
+    categories: Sequence[str],
+    path: str | Path,
+    *,
+    max_points: int = 2000,
+    seed: int = 0,
+) -> Path:
+    """One t-SNE panel per model (e.g. weak, strong), side by side, the same
+    patches in each, coloured by category (TP, TN, FP, FN, mined)."""
+    categories = np.asarray(categories, dtype=object)
+    rows = np.arange(len(categories))
+    if len(rows) > max_points:
+        # Keep every FP and mined patch; subsample the rest.
+        rare = rows[np.isin(categories, ["FP", "mined", "TP"])]
+        rng = np.random.default_rng(seed)
+        common = np.setdiff1d(rows, rare)
+        room = max(0, max_points - len(rare))
+        rows = np.sort(
+            np.concatenate([rare[:max_points], rng.choice(common, min(room, len(common)), replace=False)])
+        )
+    figure, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5), squeeze=False)
+    for axis, (name, features) in zip(axes[0], embeddings.items(), strict=True):
+        points = tsne_2d(np.asarray(features)[rows], seed=seed)
+        for category, color in CATEGORY_COLORS.items():
+            chosen = categories[rows] == category
+            if chosen.any():
+                size = 10 if category in ("TN", "FN") else 18
+                axis.scatter(
+                    points[chosen, 0],
+                    points[chosen, 1],
+                    s=size,
+                    c=color,
+                    label=f"{category} ({int(chosen.sum())})",
+                    alpha=0.8,
+                    linewidths=0,
+                )
+        axis.set_title(f"{name} model embeddings (t-SNE)")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.legend(loc="best", fontsize=8, markerscale=1.5)
+    return _save(figure, path)
+
+
+def grad_cam(
+    model: torch.nn.Module, batch: torch.Tensor, target_layer: torch.nn.Module | None = None
+) -> np.ndarray:
+    """Grad-CAM maps (B, h, w) in [0, 1] for the positive logit of a
+    single-logit model, from forward/backward hooks on ``target_layer``
+    (default ``model.backbone.layer4``). ``batch`` is the normalised input."""
+    import torch
+
+    layer = target_layer if target_layer is not None else model.backbone.layer4
+    saved: dict[str, torch.Tensor] = {}
+
+    def keep_activation(_module, _inputs, output):
+        saved["activation"] = output
+
+    def keep_gradient(_module, _grad_input, grad_output):
+        saved["gradient"] = grad_output[0]
+
+    handles = [layer.register_forward_hook(keep_activation), layer.register_full_backward_hook(keep_gradient)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x = batch.detach().clone().requires_grad_(True)
+            logits = model(x).reshape(len(x))
+            model.zero_grad(set_to_none=True)
+            logits.sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    activation, gradient = saved["activation"].detach(), saved["gradient"].detach()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)  # one weight per channel
+    cam = torch.relu((weights * activation).sum(dim=1))
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    return (cam / peak).float().cpu().numpy()
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """A heat map (jet) over an RGB uint8 image; ``cam`` of any size, in [0, 1]."""
+    import cv2
+
+    heat = cv2.resize(
+        cam.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR
+    )
+    colored = (plt.get_cmap("jet")(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + colored * alpha).clip(0, 255).astype(np.uint8)
+
+
+def plot_gradcam_grid(
+    images: Sequence[np.ndarray],
+    cams: Mapping[str, Sequence[np.ndarray]],
+    probabilities: Mapping[str, Sequence[float]],
+    row_titles: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """Rows of patches: the patch, then one Grad-CAM overlay per model with its probability."""
+    n_rows, n_cols = len(images), 1 + len(cams)
+    figure, axes = plt.subplots(
+        max(n_rows, 1), n_cols, figsize=(2.3 * n_cols, 2.3 * max(n_rows, 1)), squeeze=False
+    )
+    for row, image in enumerate(images):
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title(row_titles[row], fontsize=8)
+        for col, (name, maps) in enumerate(cams.items(), start=1):
+            axes[row, col].imshow(overlay(image, maps[row]))
+            axes[row, col].set_title(f"{name}: p={probabilities[name][row]:.2f}", fontsize=8)
+    for axis in axes.ravel():
+        axis.axis("off")
+    if not len(images):
+        axes[0, 0].text(0.5, 0.5, "no patches to show", ha="center", va="center")
+    return _save(figure, path)
+
+
+def plot_mined_gallery(
+    queries: Sequence[np.ndarray],
+    query_titles: Sequence[str],
+    hits: Sequence[Sequence[np.ndarray]],
+    hit_distances: Sequence[Sequence[float]],
+    path: str | Path,
+) -> Path:
+    """One row per false positive: the query patch, then its nearest weak-set
+    hits with their distances."""
+    n_rows = max(len(queries), 1)
+    n_cols = 1 + max((len(row) for row in hits), default=0)
+    figure, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.0 * n_rows), squeeze=False)
+    for row, query in enumerate(queries):
+        axes[row, 0].imshow(query)
+        axes[row, 0].set_title(query_titles[row], fontsize=7, color="#2ca02c")
+        for col, (image, distance) in enumerate(zip(hits[row], hit_distances[row], strict=True), start=1):
+            axes[row, col].imshow(image)
+            axes[row, col].set_title(f"d={distance:.2f}", fontsize=7)
+    for axis in axes.ravel():
+        axis.axis("off")
+    if not len(queries):
+        axes[0, 0].text(0.5, 0.5, "no false positives", ha="center", va="center")
+    return _save(figure, path)
