@@ -44,6 +44,7 @@ APPMAG_MPP_RTOL = 0.25  # AppMag 20 says ~0.5 µm/px; beyond 25% off, one of the
 ANISOTROPY_RTOL = 0.02  # x and y mpp differing more than this make square patches impossible
 FINGERPRINT_CHUNK = 4 * 2**20
 WHITE = 255
+PIXEL_CHECK_MAX = 2**20  # check_readable decodes a whole level up to this size
 THUMBNAIL_BAND_PIXELS = 64 * 2**20  # level pixels decoded at once while building a thumbnail
 
 MPP_FIX = "pass the level-0 resolution with --slide-mpp X on the CLI or mpp=X in the API (µm/px)"
@@ -530,6 +531,19 @@ class Slide:
             band = self.read_level(plan.level, 0, round(y0 * downsample), level_width, y1 - y0)
             image[row0:row1] = cv2.resize(band, (out_width, row1 - row0), interpolation=cv2.INTER_AREA)
         return image, width0 / out_width
+
+    def check_readable(self, max_pixels: int = PIXEL_CHECK_MAX) -> None:
+        """Decode the coarsest level (its centre when it is large): a quick
+        SlideReadError for a damaged file before any long job starts."""
+        level = self.level_count - 1
+        width, height = self.level_dimensions[level]
+        if width * height > max_pixels:
+            downsample = self.level_downsamples[level]
+            box_width, box_height = min(width, 512), min(height, 512)
+            x, y = round((width - box_width) / 2 * downsample), round((height - box_height) / 2 * downsample)
+            self.read_level(level, x, y, box_width, box_height)
+        else:
+            self.read_level(level, 0, 0, width, height)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (what ``wsi-tools info --json`` prints)."""
