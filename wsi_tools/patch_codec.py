@@ -1,0 +1,170 @@
+"""The patch codec and the zarr v3 shard format, encoded and decoded by hand.
+
+A patch (P, P, 3) uint8 RGB is one zarr chunk. Its codec chain, in zarr v3
+order (see ``docs/store.md`` for the measurements behind it):
+
+1. ``numcodecs.delta`` on the interleaved pixels: each byte minus the byte
+   before it, so G-R and B-G differences (H&E channels move together);
+2. ``transpose`` to planar (channel, row, column);
+3. ``numcodecs.delta`` again: horizontal differences of those residuals;
+4. ``bytes``, ``zstd`` (level 1), ``crc32c`` (4 bytes, little endian).
+
+zarr-python reads this chain, but its writer cannot apply a delta before a
+transpose (numcodecs array codecs hand back flat arrays), and its per-chunk
+write path costs about 3 ms of CPU per 512 px patch. So shards are built here:
+encoded chunks back to back, then the index of (offset, nbytes) uint64 pairs
+(2**64-1 twice for a missing chunk) and the crc32c of that index, at the end,
+exactly as the ``sharding_indexed`` codec writes them. ``imagecodecs`` does
+the delta passes in C (numpy's cumsum on uint8 is about 8x slower).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from pathlib import Path
+
+import cv2
+import google_crc32c
+import imagecodecs
+import numpy as np
+
+ZSTD_LEVEL = 1
+EMPTY = np.uint64(2**64 - 1)
+INDEX_ENTRY_BYTES = 16
+CHECKSUM_BYTES = 4
+
+
+class ChunkError(ValueError):
+    """A chunk or shard index failed its checksum or did not decode."""
+
+
+def zarr_image_codecs(zstd_level: int = ZSTD_LEVEL) -> dict[str, object]:
+    """Keyword arguments for ``zarr.create_array`` describing the chain above."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, TransposeCodec, ZstdCodec
+    from zarr.codecs.numcodecs import Delta
+
+    return {
+        "filters": [Delta(dtype="|u1"), TransposeCodec(order=(0, 3, 1, 2)), Delta(dtype="|u1")],
+        "serializer": BytesCodec(),
+        "compressors": [ZstdCodec(level=zstd_level), Crc32cCodec()],
+    }
+
+
+def _checksum(data: bytes | memoryview) -> bytes:
+    # google_crc32c takes bytes or numpy arrays, not memoryviews.
+    buffer = data if isinstance(data, bytes) else np.frombuffer(data, np.uint8)
+    return struct.pack("<I", google_crc32c.value(buffer))
+
+
+class _Workspace(threading.local):
+    """Scratch buffers reused across patches: a fresh 0.75 MB array per pass
+    costs page faults worth more than the delta pass itself."""
+
+    def buffers(self, patch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if getattr(self, "patch_size", None) != patch_size:
+            n_bytes = 3 * patch_size * patch_size
+            self.patch_size = patch_size
+            self.first = np.empty(n_bytes, np.uint8)
+            self.planar = np.empty((3, patch_size, patch_size), np.uint8)
+            self.second = np.empty(n_bytes, np.uint8)
+        return self.first, self.planar, self.second
+
+
+_workspace = _Workspace()
+
+
+def encode_patch(patch: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> bytes:
+    """One (P, P, 3) uint8 patch to the bytes of its zarr chunk."""
+    if patch.dtype != np.uint8 or patch.ndim != 3 or patch.shape[2] != 3 or patch.shape[0] != patch.shape[1]:
+        raise ValueError(f"a patch must be (P, P, 3) uint8, got {patch.shape} {patch.dtype}")
+    first, planar, second = _workspace.buffers(patch.shape[0])
+    imagecodecs.delta_encode(np.ascontiguousarray(patch).reshape(-1), out=first)
+    interleaved = first.reshape(patch.shape)
+    for channel in range(3):
+        cv2.extractChannel(interleaved, channel, dst=planar[channel])
+    imagecodecs.delta_encode(planar.reshape(-1), out=second)
+    compressed = imagecodecs.zstd_encode(second, level=zstd_level)
+    return compressed + _checksum(compressed)
+
+
+def check_chunk(chunk: bytes | memoryview) -> memoryview:
+    """The compressed payload of a chunk, after checking its crc32c."""
+    view = memoryview(chunk)
+    if len(view) < CHECKSUM_BYTES:
+        raise ChunkError("chunk shorter than its checksum")
+    payload, stored = view[:-CHECKSUM_BYTES], bytes(view[-CHECKSUM_BYTES:])
+    if _checksum(payload) != stored:
+        raise ChunkError("chunk crc32c mismatch")
+    return payload
+
+
+def decompress_chunk(chunk: bytes | memoryview, patch_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Check and decompress a chunk to its delta residuals (what verify needs)."""
+    payload = check_chunk(chunk)
+    n_bytes = 3 * patch_size * patch_size
+    if out is None:
+        out = np.empty(n_bytes, np.uint8)
+    try:
+        residual = imagecodecs.zstd_decode(payload, out=out)
+    except Exception as error:  # imagecodecs raises its own ZstdError
+        raise ChunkError(f"chunk does not decode: {error}") from error
+    if len(residual) != n_bytes:
+        raise ChunkError(f"chunk decodes to {len(residual)} bytes, expected {n_bytes}")
+    return out
+
+
+def decode_patch(chunk: bytes | memoryview, patch_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The bytes of one chunk back to its (P, P, 3) uint8 patch (into ``out`` if given)."""
+    first, planar, second = _workspace.buffers(patch_size)
+    residual = decompress_chunk(chunk, patch_size, out=second)
+    imagecodecs.delta_decode(residual, out=planar.reshape(-1))
+    interleaved = first.reshape(patch_size, patch_size, 3)
+    cv2.merge(list(planar), interleaved)
+    if out is None:
+        out = np.empty((patch_size, patch_size, 3), np.uint8)
+    imagecodecs.delta_decode(first, out=out.reshape(-1))
+    return out
+
+
+def build_shard(chunks: list[bytes | None]) -> list[bytes]:
+    """Encoded chunks (None = missing) to the pieces of one shard file, in
+    order (write them with ``writelines``: joining 30 MB costs more than encoding)."""
+    index = np.full((len(chunks), 2), EMPTY, dtype="<u8")
+    offset = 0
+    for position, chunk in enumerate(chunks):
+        if chunk is not None:
+            index[position] = (offset, len(chunk))
+            offset += len(chunk)
+    index_bytes = index.tobytes()
+    return [*(chunk for chunk in chunks if chunk is not None), index_bytes, _checksum(index_bytes)]
+
+
+def shard_index_bytes(chunks_per_shard: int) -> int:
+    return chunks_per_shard * INDEX_ENTRY_BYTES + CHECKSUM_BYTES
+
+
+def parse_shard_index(tail: bytes, chunks_per_shard: int) -> np.ndarray:
+    """The (chunks_per_shard, 2) offsets and lengths from a shard's index bytes."""
+    expected = shard_index_bytes(chunks_per_shard)
+    if len(tail) != expected:
+        raise ChunkError(f"shard index is {len(tail)} bytes, expected {expected}")
+    body = tail[:-CHECKSUM_BYTES]
+    if _checksum(body) != tail[-CHECKSUM_BYTES:]:
+        raise ChunkError("shard index crc32c mismatch")
+    return np.frombuffer(body, dtype="<u8").reshape(chunks_per_shard, 2)
+
+
+def shard_path(array_dir: Path, shard: int) -> Path:
+    """The file of shard ``shard`` of a 4-d array under the default '/' chunk keys."""
+    return array_dir / "c" / str(shard) / "0" / "0" / "0"
+
+
+def read_shard_index(path: Path, chunks_per_shard: int) -> np.ndarray:
+    size = shard_index_bytes(chunks_per_shard)
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() < size:
+            raise ChunkError(f"shard file {path} is shorter than its index")
+        handle.seek(-size, 2)
+        return parse_shard_index(handle.read(size), chunks_per_shard)
