@@ -546,7 +546,10 @@ class SlideWriter:
         tissue_fraction: np.ndarray,
     ) -> None:
         """Patches ``start .. start + len(images)``: (k, P, P, 3) uint8 images,
-        (k, 2) level-0 top-left coords, (k,) labels, (k,) tissue fractions."""
+        (k, 2) level-0 top-left coords, (k,) labels, (k,) tissue fractions.
+
+        With ``threads > 1`` the images are encoded in the background: do not
+        modify the array after handing it over."""
         if self._closed:
             raise StoreError(f"slide {self.slide_id!r}: write after commit or abort")
         count = len(images)
@@ -581,7 +584,7 @@ class SlideWriter:
         self._in_flight = [job for job in self._in_flight if not job.done()]
         while len(self._in_flight) >= 2 * self._threads:
             self._in_flight.pop(0).result()
-        job = self._pool.submit(lambda block: [patch_codec.encode_patch(p) for p in block], piece.copy())
+        job = self._pool.submit(lambda block: [patch_codec.encode_patch(p) for p in block], piece)
         self._in_flight.append(job)
         return job
 

@@ -1,0 +1,495 @@
+"""Hard and weak patch sets from one slide into the patch store.
+
+**Hard set** (``set="hard"``, needs an ASAP XML): every labelled annotation
+gives one window of ``patch_size`` px at ``target_mpp``, centred on the
+centre of the annotation's bounding box and shifted to stay inside the slide
+(:func:`geometry.centred_window`). With ``cover=True`` a region whose
+bounding box is larger than one window is tiled instead: a grid of windows
+at a step of one window, centred on the bounding box (the overhang split
+evenly on both sides), each shifted inside the slide, keeping the windows
+whose interior meets the region. Then, in this order:
+
+- a window of an annotation that lies wholly outside the slide is dropped
+  (``dropped_outside_slide``);
+- a *negative* window whose interior meets any positive annotation (area or
+  point) is dropped (``dropped_neg_touches_pos``); positive windows may hold
+  several positive areas;
+- a window whose interior meets an exclusion area of the label map is
+  dropped (``dropped_excluded``); ``label_annotations`` has already cut those
+  areas out of the regions themselves;
+- a window identical to an earlier one with the same label is dropped
+  (``dropped_duplicate``).
+
+Rows follow the annotation file's order. No tissue filter: the annotations
+are the ground truth; each patch's tissue fraction is still recorded.
+
+**Weak set** (``set="weak"``): every patch is labelled 0. The non-overlapping
+grid of :func:`geometry.grid_origins` (origin (0, 0), step one window),
+windows with tissue fraction >= ``min_tissue`` (``dropped_low_tissue``),
+then a random ``fraction`` of them (``dropped_fraction``) drawn with an RNG
+seeded from ``(seed, slide_id)`` only, so the same seed gives the same
+patches whatever the worker count or order. Rows are in row-major order.
+With annotations given, exclusion areas drop windows as above.
+
+Pixels are read in spans of horizontally adjacent windows, so each JPEG tile
+is decoded once; a span is at most ``SPAN_WINDOWS`` windows, so memory stays
+bounded whatever the slide's size. Each window is cut from the span exactly
+as :meth:`Slide.read_region` would read it (same level, rounding and
+``INTER_AREA`` shrink), so the pixels equal per-window reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import shapely
+from shapely.geometry import box
+
+from wsi_tools import __version__
+from wsi_tools.errors import ConfigError
+from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins
+from wsi_tools.store import PatchStore, now_iso, sanitize_slide_id
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
+
+    from wsi_tools.annotations import Annotation, AnnotationSet, LabeledAnnotations
+    from wsi_tools.slide import Slide
+    from wsi_tools.tissue import TissueMask
+
+SETS = ("hard", "weak")
+BACKENDS = ("auto", "openslide", "tiffslide")
+SPAN_WINDOWS = 16  # windows per read: tiles decoded once, a span of ×40 windows stays < 100 MB
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """What to extract; defaults follow the paper (512 px at ×5 = 2.0 µm/px)."""
+
+    set: str
+    target_mpp: float = 2.0
+    patch_size: int = 512
+    fraction: float = 1 / 3
+    seed: int = 0
+    min_tissue: float = 0.5
+    cover: bool = False
+    label_map: str | None = None
+    ignore_unknown_groups: bool = False
+    backend: str = "auto"
+    slide_mpp: float | None = None
+    tolerance: float = 0.05
+    threads: int = 2  # encoder threads beside the reading thread
+
+    def validate(self) -> None:
+        if self.set not in SETS:
+            raise ConfigError(f"set must be one of {', '.join(SETS)}, got {self.set!r}")
+        checks = [
+            (self.target_mpp > 0, f"target mpp must be positive, got {self.target_mpp}"),
+            (self.patch_size >= 8, f"patch size must be at least 8 px, got {self.patch_size}"),
+            (0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}"),
+            (0 <= self.min_tissue <= 1, f"min tissue must be in [0, 1], got {self.min_tissue}"),
+            (0 <= self.tolerance < 1, f"tolerance must be in [0, 1), got {self.tolerance}"),
+            (
+                self.slide_mpp is None or self.slide_mpp > 0,
+                f"slide mpp must be positive, got {self.slide_mpp}",
+            ),
+            (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
+            (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"extraction settings: {message}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    slide_id: str
+    status: str  # "complete" or "skipped"
+    n_patches: int
+    counts: dict[str, int]
+    seconds: float
+    store_path: Path
+    qc_path: Path | None = None
+
+
+@dataclass
+class Windows:
+    """Chosen windows: level-0 top-left origins (row order = store order)."""
+
+    origins: np.ndarray  # (N, 2) int64
+    labels: np.ndarray  # (N,) int8
+    tissue_fraction: np.ndarray  # (N,) float32
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+
+# --------------------------------------------------------------------------- choosing windows
+
+
+def slide_rng(seed: int, slide_id: str) -> np.random.Generator:
+    """An RNG that depends on the seed and the slide id only (not on order or workers)."""
+    slide_key = int.from_bytes(hashlib.sha256(slide_id.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, slide_key]))
+
+
+def choose_fraction(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``round(fraction * n)`` of ``range(n)`` (all of them at 1)."""
+    keep = min(n, math.floor(fraction * n + 0.5))
+    if keep >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=keep, replace=False))
+
+
+def _boxes(origins: np.ndarray, extent: float) -> np.ndarray:
+    origins = np.asarray(origins, np.float64).reshape(-1, 2)
+    return shapely.box(origins[:, 0], origins[:, 1], origins[:, 0] + extent, origins[:, 1] + extent)
+
+
+def interiors_meet(origins: np.ndarray, extent: float, geometry: BaseGeometry | None) -> np.ndarray:
+    """Per window: does the geometry reach its interior (touching its edge does not count)?"""
+    if geometry is None or geometry.is_empty or len(origins) == 0:
+        return np.zeros(len(origins), bool)
+    boxes = _boxes(origins, extent)
+    shapely.prepare(geometry)
+    return shapely.intersects(boxes, geometry) & ~shapely.touches(boxes, geometry)
+
+
+def weak_windows(
+    spec_origins: np.ndarray,
+    extent: float,
+    tissue: TissueMask,
+    config: ExtractionConfig,
+    slide_id: str,
+    excluded: BaseGeometry | None = None,
+) -> Windows:
+    """The weak-set rule on the grid origins (row-major)."""
+    counts = {"grid_windows": len(spec_origins)}
+    fractions = tissue.fractions(spec_origins, extent).astype(np.float32)
+    enough = fractions >= config.min_tissue
+    counts["dropped_low_tissue"] = int((~enough).sum())
+    origins, fractions = spec_origins[enough], fractions[enough]
+    outside_exclusion = ~interiors_meet(origins, extent, excluded)
+    counts["dropped_excluded"] = int((~outside_exclusion).sum())
+    origins, fractions = origins[outside_exclusion], fractions[outside_exclusion]
+    chosen = choose_fraction(len(origins), config.fraction, slide_rng(config.seed, slide_id))
+    counts["dropped_fraction"] = len(origins) - len(chosen)
+    origins, fractions = origins[chosen], fractions[chosen]
+    counts.update(kept=len(origins), positive=0, negative=len(origins))
+    return Windows(origins.astype(np.int64), np.zeros(len(origins), np.int8), fractions, counts)
+
+
+def _region_windows(
+    geometry: BaseGeometry, extent: float, dimensions: tuple[int, int], cover: bool
+) -> list[tuple[int, int]]:
+    min_x, min_y, max_x, max_y = geometry.bounds
+    centre = ((min_x + max_x) / 2, (min_y + max_y) / 2)
+    n_cols = max(1, math.ceil((max_x - min_x) / extent - 1e-9))
+    n_rows = max(1, math.ceil((max_y - min_y) / extent - 1e-9))
+    if not cover or (n_cols == 1 and n_rows == 1):
+        return [centred_window(centre, extent, dimensions)]
+    origins = []
+    for row in range(n_rows):
+        for col in range(n_cols):
+            window_centre = (
+                centre[0] + (col - (n_cols - 1) / 2) * extent,
+                centre[1] + (row - (n_rows - 1) / 2) * extent,
+            )
+            origins.append(centred_window(window_centre, extent, dimensions))
+    origins = list(dict.fromkeys(origins))  # the shift inside the slide can make twins
+    meets = interiors_meet(np.array(origins), extent, geometry)
+    return [origin for origin, keep in zip(origins, meets, strict=True) if keep]
+
+
+def hard_windows(
+    labeled: LabeledAnnotations,
+    extent: float,
+    dimensions: tuple[int, int],
+    tissue: TissueMask,
+    cover: bool = False,
+) -> Windows:
+    """The hard-set rules (module docstring) on labelled annotations, in file order."""
+    counts = {
+        "annotations": len(labeled.labeled),
+        "dropped_outside_slide": 0,
+        "dropped_neg_touches_pos": 0,
+        "dropped_excluded": 0,
+        "dropped_duplicate": 0,
+    }
+    slide_box = box(0, 0, *dimensions)
+    positives = [a.geometry for a in labeled.positives if not a.geometry.is_empty]
+    positive_union = shapely.union_all(positives) if positives else None
+    excluded = labeled.excluded_geometry
+    chosen: list[tuple[int, int, int]] = []
+    seen: set[tuple[int, int, int]] = set()
+    for annotation in labeled.labeled:
+        label = int(annotation.label or 0)
+        if annotation.geometry.is_empty or not annotation.geometry.intersects(slide_box):
+            counts["dropped_outside_slide"] += 1
+            continue
+        origins = np.array(_region_windows(annotation.geometry, extent, dimensions, cover), np.int64)
+        keep = np.ones(len(origins), bool)
+        if label == 0:
+            touches = interiors_meet(origins, extent, positive_union)
+            counts["dropped_neg_touches_pos"] += int(touches.sum())
+            keep &= ~touches
+        in_exclusion = interiors_meet(origins, extent, excluded) & keep
+        counts["dropped_excluded"] += int(in_exclusion.sum())
+        keep &= ~in_exclusion
+        for x, y in origins[keep]:
+            key = (int(x), int(y), label)
+            if key in seen:
+                counts["dropped_duplicate"] += 1
+                continue
+            seen.add(key)
+            chosen.append(key)
+    origins = np.array([(x, y) for x, y, _ in chosen], np.int64).reshape(-1, 2)
+    labels = np.array([label for _, _, label in chosen], np.int8)
+    fractions = (
+        tissue.fractions(origins, extent).astype(np.float32) if len(origins) else np.zeros(0, np.float32)
+    )
+    counts.update(kept=len(origins), positive=int((labels > 0).sum()), negative=int((labels == 0).sum()))
+    return Windows(origins, labels, fractions, counts)
+
+
+# --------------------------------------------------------------------------- reading pixels
+
+
+def _spans(origins: np.ndarray, extent: float, max_windows: int = SPAN_WINDOWS) -> Iterator[slice]:
+    """Runs of consecutive rows that are horizontally adjacent windows on one grid row."""
+    start = 0
+    for i in range(1, len(origins) + 1):
+        ends = (
+            i == len(origins)
+            or i - start >= max_windows
+            or origins[i, 1] != origins[start, 1]
+            or not 0 < origins[i, 0] - origins[i - 1, 0] <= math.ceil(extent)
+        )
+        if ends:
+            yield slice(start, i)
+            start = i
+
+
+def read_windows(slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan) -> np.ndarray:
+    """(k, size, size, 3) patches of windows on one row, from a single level read.
+
+    Every window is cut as ``Slide.read_region`` reads it: level-0 x mapped to
+    ``round(x / downsample)`` level px, ``round(size * resample_scale)`` level
+    px wide, shrunk with INTER_AREA when the plan resamples.
+    """
+    downsample = plan.level_downsample
+    level_size = size if not plan.resampled else max(1, round(size * plan.resample_scale))
+    level_x = np.round(origins[:, 0] / downsample).astype(np.int64)
+    first_x = int(origins[0, 0])
+    span_x0 = int(round(first_x / downsample))
+    width = int(level_x[-1] - span_x0) + level_size
+    block = slide.read_level(plan.level, first_x, int(origins[0, 1]), width, level_size)
+    patches = np.empty((len(origins), size, size, 3), np.uint8)
+    for row, lx in enumerate(level_x):
+        piece = block[:, lx - span_x0 : lx - span_x0 + level_size]
+        if plan.resampled:
+            cv2.resize(piece, (size, size), dst=patches[row], interpolation=cv2.INTER_AREA)
+        else:
+            patches[row] = piece
+    return patches
+
+
+# --------------------------------------------------------------------------- one slide
+
+
+def _annotation_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _load_annotations(
+    annotation_path: Path, config: ExtractionConfig, dimensions: tuple[int, int]
+) -> tuple[AnnotationSet, LabeledAnnotations]:
+    from wsi_tools.annotations import label_annotations, load_label_map, read_asap_xml
+
+    label_map = load_label_map(config.label_map)
+    annotations = read_asap_xml(annotation_path, slide_dimensions=dimensions)
+    labeled = label_annotations(annotations, label_map, ignore_unknown=config.ignore_unknown_groups)
+    return annotations, labeled
+
+
+def extract_slide(
+    slide_path: str | Path,
+    store_path: str | Path,
+    config: ExtractionConfig,
+    *,
+    annotation_path: str | Path | None = None,
+    slide_id: str | None = None,
+    overwrite: bool = False,
+    qc_dir: str | Path | None = None,
+    progress: bool = False,
+) -> SlideResult:
+    """Extract one slide's hard or weak set into the store (see the module docstring).
+
+    A complete slide already in the store is skipped unless ``overwrite``.
+    Every input is checked (slide, MPP, annotations, label map, settings)
+    before anything is written; a failure part-way leaves no complete group.
+    """
+    from tqdm import tqdm
+
+    from wsi_tools.slide import open_slide
+    from wsi_tools.tissue import detect_tissue
+
+    started_clock = time.perf_counter()
+    started = now_iso()
+    config.validate()
+    slide_path = Path(slide_path)
+    slide_id = sanitize_slide_id(slide_id if slide_id is not None else slide_path.stem)
+    if config.set == "hard" and annotation_path is None:
+        raise ConfigError(f"{slide_path}: the hard set needs annotations; pass --annotations XML")
+    store = PatchStore(store_path, mode="a")
+    if store.is_complete(slide_id) and not overwrite:
+        store.remove_leftovers(slide_id)
+        attrs = store.slide_attrs(slide_id)
+        return SlideResult(
+            slide_id,
+            "skipped",
+            int(attrs.get("n_patches", 0)),
+            dict(attrs.get("counts", {})),
+            time.perf_counter() - started_clock,
+            store.path,
+        )
+
+    with open_slide(slide_path, backend=config.backend, mpp=config.slide_mpp) as slide:
+        plan = slide.plan(config.target_mpp, config.tolerance)
+        spec = slide.spec
+        extent = plan.level0_extent(config.patch_size)
+        annotations = labeled = None
+        if annotation_path is not None:
+            annotation_path = Path(annotation_path)
+            annotations, labeled = _load_annotations(annotation_path, config, slide.dimensions)
+        tissue = detect_tissue(slide)
+        if config.set == "hard":
+            assert labeled is not None
+            windows = hard_windows(labeled, extent, slide.dimensions, tissue, cover=config.cover)
+        else:
+            tiling = TilingConfig(config.target_mpp, config.patch_size, config.tolerance)
+            excluded = labeled.excluded_geometry if labeled is not None else None
+            windows = weak_windows(grid_origins(spec, tiling), extent, tissue, config, slide_id, excluded)
+
+        attrs = _provenance(slide, plan, extent, config, annotation_path, labeled, annotations, tissue)
+        attrs["started"] = started
+        writer = store.begin_slide(
+            slide_id, len(windows), config.patch_size, attrs, overwrite=True, threads=config.threads
+        )
+        with (
+            writer,
+            tqdm(
+                total=len(windows), desc=slide_id[:24], unit="patch", disable=not progress, leave=False
+            ) as bar,
+        ):
+            for span in _spans(windows.origins, extent):
+                patches = _read_span(slide, windows.origins[span], config, plan)
+                writer.write(
+                    span.start,
+                    patches,
+                    windows.origins[span],
+                    windows.labels[span],
+                    windows.tissue_fraction[span],
+                )
+                bar.update(len(patches))
+            writer.commit({"counts": windows.counts, "warnings": [*slide.warnings, *attrs["warnings"]]})
+
+        qc_path = None
+        if qc_dir is not None:
+            qc_path = _render_qc(
+                slide, Path(qc_dir) / f"{slide_id}.png", config.set, tissue, annotations, windows, extent
+            )
+    return SlideResult(
+        slide_id,
+        "complete",
+        len(windows),
+        dict(windows.counts),
+        time.perf_counter() - started_clock,
+        store.path,
+        qc_path,
+    )
+
+
+def _read_span(slide: Slide, origins: np.ndarray, config: ExtractionConfig, plan: ReadPlan) -> np.ndarray:
+    return read_windows(slide, origins, config.patch_size, plan)
+
+
+def _provenance(
+    slide: Slide,
+    plan: ReadPlan,
+    extent: float,
+    config: ExtractionConfig,
+    annotation_path: Path | None,
+    labeled: LabeledAnnotations | None,
+    annotations: AnnotationSet | None,
+    tissue: TissueMask,
+) -> dict[str, Any]:
+    warnings = list(annotations.warnings) if annotations is not None else []
+    if labeled is not None:
+        warnings += labeled.warnings
+    return {
+        "set": config.set,
+        "source": str(slide.path.resolve()),
+        "annotations": str(annotation_path.resolve()) if annotation_path else None,
+        "annotations_sha256": _annotation_digest(annotation_path) if annotation_path else None,
+        "fingerprint": slide.fingerprint,
+        "backend": slide.backend,
+        "slide_dimensions": list(slide.dimensions),
+        "mpp": list(slide.mpp) if slide.mpp else None,
+        "mpp_override": config.slide_mpp,
+        "objective_power": slide.objective_power,
+        "target_mpp": config.target_mpp,
+        "effective_mpp": plan.effective_mpp,
+        "level": plan.level,
+        "downsample": plan.level_downsample,
+        "level_mpp": plan.level_mpp,
+        "resample_scale": plan.resample_scale,
+        "patch_size": config.patch_size,
+        "patch_extent_level0": extent,
+        "params": config.as_dict(),
+        "label_map": labeled.label_map.as_dict() if labeled is not None else None,
+        "unknown_groups": labeled.unknown_groups if labeled is not None else [],
+        "tissue": {
+            "mask_mpp": tissue.mpp,
+            "threshold": tissue.threshold,
+            "fraction_of_slide": tissue.fraction_of_slide,
+        },
+        "rng": "numpy default_rng(SeedSequence([seed, sha256(slide_id)[:8] little-endian]))",
+        "tool_version": __version__,
+        "warnings": warnings,
+    }
+
+
+def _render_qc(
+    slide: Slide,
+    out_path: Path,
+    set_name: str,
+    tissue: TissueMask,
+    annotations: AnnotationSet | None,
+    windows: Windows,
+    extent: float,
+) -> Path:
+    from wsi_tools.qc import render_overview
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    kinds = ["weak" if set_name == "weak" else ("pos" if label > 0 else "neg") for label in windows.labels]
+    boxes = [
+        (int(x), int(y), float(extent), kind) for (x, y), kind in zip(windows.origins, kinds, strict=True)
+    ]
+    annotation_list: Sequence[Annotation] | None = (
+        annotations.annotations if annotations is not None else None
+    )
+    return render_overview(slide, out_path, tissue=tissue, annotations=annotation_list, patches=boxes)
