@@ -133,7 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument(
         "--slide-id",
         metavar="ID",
-        help="group name in the store (default: the slide's file name without suffix)",
+        help="group name in the store; path separators and leading dots are replaced "
+        "(default: the slide's file name without suffix)",
     )
     extract.add_argument(
         "--backend",
@@ -158,9 +159,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument(
         "--threads", type=int, default=2, metavar="N", help="patch encoding threads (default: 2)"
     )
-    extract.add_argument("--qc", metavar="DIR", help="write DIR/<slide_id>.png with tissue and patch boxes")
-    extract.add_argument("--overwrite", action="store_true", help="replace the slide if already complete")
-    extract.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    extract.add_argument(
+        "--qc",
+        metavar="DIR",
+        help="write DIR/<slide_id>.png: thumbnail, tissue contour, patch boxes (default: none)",
+    )
+    extract.add_argument(
+        "--overwrite", action="store_true", help="replace the slide if already complete (default: skip it)"
+    )
+    extract.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object (default: one line of text)"
+    )
     extract.set_defaults(func=run_extract)
 
     verify = subparsers.add_parser(
@@ -176,9 +185,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument(
         "--remove-leftovers",
         action="store_true",
-        help="delete temporary groups of interrupted writes; only when nothing writes to the store",
+        help="delete temporary groups of interrupted writes first; only when nothing writes to the store "
+        "(default: only list them)",
     )
-    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    verify.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object (default: text)"
+    )
     verify.set_defaults(func=run_verify)
 
     export = subparsers.add_parser(
@@ -223,7 +235,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="UM",
         help="µm/px of the patches, recorded in the store (default: from DIR/metadata.csv if present, else unknown)",
     )
-    import_png.add_argument("--overwrite", action="store_true", help="replace slides already in the store")
+    import_png.add_argument(
+        "--overwrite", action="store_true", help="replace slides already in the store (default: skip them)"
+    )
     import_png.add_argument(
         "--threads", type=int, default=2, metavar="N", help="decoding threads (default: 2)"
     )
