@@ -339,3 +339,16 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert first == file_fingerprint(a) and first.startswith("100-")
     a.write_bytes(b"x" * 99 + b"y")
     assert file_fingerprint(a) != first
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_threads_share_one_slide(slide_x40: Path, backend: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    origins = [(x, y) for x in range(0, 3500, 700) for y in range(0, 2500, 800)]
+    with open_slide(slide_x40, backend=backend) as slide:
+        serial = [slide.read(x, y, 96, target_mpp=1.0)[0] for x, y in origins]
+        with ThreadPoolExecutor(4) as pool:
+            threaded = list(pool.map(lambda origin: slide.read(*origin, 96, target_mpp=1.0)[0], origins))
+    for a, b in zip(serial, threaded, strict=True):
+        assert np.array_equal(a, b)

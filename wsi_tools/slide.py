@@ -352,16 +352,22 @@ class Slide:
                 self._reader, self._reader_pid = reader, os.getpid()
             return self._reader
 
-    def _discard_handle(self) -> None:
+    def _forget_handle(self, failed: _Reader) -> None:
+        """Stop using a handle that failed. It is not closed here: another
+        thread may still be reading with it; the backend closes it when the
+        last reference goes."""
+        with self._lock:
+            if self._reader is failed:
+                self._reader = None
+
+    def close(self) -> None:
+        """Release the file handle (a later read re-opens it). Do not close a
+        slide that other threads are still reading."""
         with self._lock:
             reader, self._reader = self._reader, None
         if reader is not None and self._reader_pid == os.getpid():
             with contextlib.suppress(Exception):  # a handle in error may refuse to close
                 reader.close()
-
-    def close(self) -> None:
-        """Release the file handle (a later read re-opens it)."""
-        self._discard_handle()
 
     def __enter__(self) -> Slide:
         return self
@@ -463,13 +469,14 @@ class Slide:
         x1, y1 = min(lx + width, level_width), min(ly + height, level_height)
         if x1 <= x0 or y1 <= y0:
             return out
+        reader = self._handle()
         try:
-            pixels = self._handle().read(level, x0, y0, x1 - x0, y1 - y0)
-        except (MemoryError, UnsupportedSlideError):
+            pixels = reader.read(level, x0, y0, x1 - x0, y1 - y0)
+        except MemoryError:
             raise
         except Exception as error:
-            # OpenSlide marks its handle unusable after an error: start afresh.
-            self._discard_handle()
+            # OpenSlide marks its handle unusable after an error: the next read opens a fresh one.
+            self._forget_handle(reader)
             raise SlideReadError(
                 f"{self.path}: cannot read level {level} region x={x} y={y} {width}x{height} "
                 f"({self.backend}: {type(error).__name__}: {error}); the file is damaged there, "
