@@ -1,9 +1,176 @@
-"""CLI commands of this area (filled in by its owner)."""
+"""``wsi-tools train`` and ``wsi-tools evaluate``.
+
+Torch is imported inside the handlers only, so ``wsi-tools --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from wsi_tools.train.config import describe_keys, load_config
+
+TRAIN_DESCRIPTION = """\
+Train the ResNet18 patch classifier from a patch store (the weak model of
+Lee et al. 2024; the mining pipeline reuses it for the strong model).
+
+Slides of the sets in train_sets are split by slide into train/val/test,
+seeded and stratified by slide label (6:2:2); the split is saved as
+splits.csv. Training: BCEWithLogitsLoss, Adam, cosine annealing stepped per
+batch, the checkpoint with the lowest validation loss kept as best.pt. The
+run folder then gets predictions.csv (val and test patches), metrics.json
+(test split, bootstrap 95% CIs, slide level from the max patch), roc.png,
+pr.png and loss.png.
+
+Several GPUs: torchrun --nproc_per_node=N -m wsi_tools train ... (DDP; rank 0 writes).
+"""
+
+TRAIN_EPILOG = "config keys (override any with --set key=value):\n"
+
+EVALUATE_DESCRIPTION = """\
+Score one split of a trained model's own slide splits (from the checkpoint)
+and write predictions.csv, metrics.json (AUROC, AUPRC of the positive class,
+F1 of the positive class, sensitivity, specificity at the threshold, log loss,
+each with a bootstrap 95% CI, plus slide-level metrics), roc.png and pr.png.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's sub-commands (none yet)."""
+    """Add ``train`` and ``evaluate``."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train the patch classifier from a patch store",
+        description=TRAIN_DESCRIPTION,
+        epilog=TRAIN_EPILOG + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        help="training config (default: built-in defaults, the same as configs/train.yaml)",
+    )
+    parser.add_argument("--store", metavar="STORE", help="patch store (default: the config's store)")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder to write (default: the config's out)")
+    parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue from a checkpoint (last.pt); without --config its own config is used (default: off)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, value read as YAML; repeatable, e.g. --set epochs=2 --set input_size=64",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)"
+    )
+    parser.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="score a trained model on one split of its slides",
+        description=EVALUATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt or last.pt of a run")
+    evaluate.add_argument(
+        "--store", required=True, metavar="STORE", help="the patch store the model was trained from"
+    )
+    evaluate.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="split to score (default: test)"
+    )
+    evaluate.add_argument(
+        "--out", metavar="DIR", help="output folder (default: <checkpoint folder>/eval-<split>)"
+    )
+    evaluate.add_argument(
+        "--threshold", type=float, help="decision threshold (default: the training config's, 0.1)"
+    )
+    evaluate.add_argument(
+        "--bootstrap", type=int, help="bootstrap resamples for the CIs (default: the training config's, 1000)"
+    )
+    evaluate.add_argument("--batch-size", type=int, help="patches per batch (default: the training config's)")
+    evaluate.add_argument(
+        "--device", help="auto | cpu | cuda | cuda:N (default: the training config's, auto)"
+    )
+    evaluate.add_argument("--workers", type=int, default=2, help="loader worker processes (default: 2)")
+    evaluate.add_argument(
+        "--json", action="store_true", help="print the metrics as JSON (default: a short table)"
+    )
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def _summary(metrics: dict) -> str:
+    if not metrics.get("split"):
+        return metrics.get("note", "no metrics")
+
+    def fmt(entry: dict) -> str:
+        value, (low, high) = entry["value"], entry["ci95"]
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+
+    names = ("auroc", "auprc", "f1", "sensitivity", "specificity", "log_loss")
+    lines = [
+        f"{metrics['split']} split, threshold {metrics['threshold']}: {metrics['n']} patches ({metrics['n_positive']} positive)"
+    ]
+    lines += [f"  patch {name:<12} {fmt(metrics[name])}" for name in names]
+    slide = metrics.get("slide_level")
+    if slide:
+        lines += [f"  slide {name:<12} {fmt(slide[name])}" for name in names]
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from wsi_tools.train.config import TrainConfig
+    from wsi_tools.train.trainer import read_checkpoint, train
+
+    if args.resume and not args.config:
+        # Continue with the checkpoint's own recipe, plus any --set.
+        base = TrainConfig.from_mapping(read_checkpoint(args.resume)["config"], f"{args.resume} (config)")
+        config = load_config(None, {**base.to_dict(), **dict(_parse(args.overrides))})
+    else:
+        config = load_config(args.config, args.overrides)
+    result = train(
+        config,
+        args.store,
+        args.out,
+        resume=args.resume,
+        progress=False if args.no_progress else None,
+    )
+    print(_summary(result.metrics))
+    print(f"run folder: {result.run_dir}  best checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def _parse(overrides: list[str]) -> list[tuple[str, object]]:
+    from wsi_tools.train.config import parse_override
+
+    return [parse_override(text) for text in overrides]
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from wsi_tools.train.trainer import evaluate
+
+    metrics = evaluate(
+        args.checkpoint,
+        args.store,
+        args.split,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        threshold=args.threshold,
+        bootstrap=args.bootstrap,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        json.dump(metrics, sys.stdout, indent=2)
+        print()
+    else:
+        print(_summary(metrics))
+    return 0
