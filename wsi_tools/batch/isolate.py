@@ -8,18 +8,23 @@ as complete and the next run cleans up. A segfault in a slide decoder kills
 only the child, and the worker goes on with the next slide.
 
 Children fork from a per-worker *forkserver* that has the extraction code
-imported already, so starting one costs milliseconds, and they die with their
-worker (``PR_SET_PDEATHSIG``), so a ``kill -9`` of a worker leaves no orphan
-writing into the store.
+imported already, so starting one costs milliseconds. They die with their
+worker: each holds the read end of a keep-alive pipe whose only writer is the
+worker, and EOF on it (the worker is gone, even by ``kill -9``) makes the child
+kill itself, so no orphan goes on writing into the store. (The parent-death
+signal would not do: a child's parent is the forkserver, which stays alive as
+long as any of its children does.)
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import errno
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,7 +34,6 @@ from typing import Any
 from wsi_tools.errors import WsiToolsError
 
 PRELOAD = ["wsi_tools.batch.isolate", "wsi_tools.extract"]
-PR_SET_PDEATHSIG = 1
 
 # OSError numbers that come and go on network file systems and busy disks.
 TRANSIENT_ERRNOS = frozenset(
@@ -71,18 +75,25 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: orphans are then possible but harmless to the store
-        pass
+def _die_with_worker(keepalive: multiprocessing.connection.Connection) -> None:
+    """Kill this child as soon as the worker's end of ``keepalive`` closes."""
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            keepalive.recv()  # nothing is ever sent: returns only by EOF
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-worker", daemon=True).start()
 
 
 def _child_main(
-    connection: multiprocessing.connection.Connection, fn: Callable[..., Any], args: tuple, kwargs: dict
+    connection: multiprocessing.connection.Connection,
+    keepalive: multiprocessing.connection.Connection,
+    fn: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
 ) -> None:
-    _die_with_parent()
+    _die_with_worker(keepalive)
     try:
         message: tuple = ("ok", fn(*args, **kwargs))
     except BaseException as error:  # everything goes back to the parent as a record
@@ -94,10 +105,16 @@ def _child_main(
             traceback.format_exc(limit=8),
         )
     try:
-        connection.send(message)
-    except Exception as error:  # e.g. an unpicklable result
-        connection.send(("error", type(error).__name__, f"cannot send the result back: {error}", False, None))
-    connection.close()
+        try:
+            connection.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the worker is gone; nobody is listening
+        except Exception as error:  # e.g. an unpicklable result
+            connection.send(
+                ("error", type(error).__name__, f"cannot send the result back: {error}", False, None)
+            )
+    finally:
+        connection.close()
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -111,7 +128,7 @@ def _context() -> multiprocessing.context.BaseContext:
 def _allow_children() -> None:
     """Dask starts workers as daemonic processes, which multiprocessing forbids to
     have children. That rule exists so children cannot outlive their parent;
-    ours die with it (PR_SET_PDEATHSIG) and are always joined or killed here."""
+    ours die with it (keep-alive pipe) and are always joined or killed here."""
     process = multiprocessing.current_process()
     if process.daemon:
         process._config["daemon"] = False  # type: ignore[attr-defined]
@@ -131,10 +148,14 @@ def run_isolated(
     _allow_children()
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child_main, args=(sender, fn, args, kwargs or {}), daemon=False)
+    keepalive_child, keepalive_worker = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_child_main, args=(sender, keepalive_child, fn, args, kwargs or {}), daemon=False
+    )
     started = time.perf_counter()
     process.start()
     sender.close()  # the child holds the only writer now: EOF means it is gone
+    keepalive_child.close()  # and the only reader of the keep-alive pipe
     message = None
     try:
         deadline = None if timeout is None else started + timeout
@@ -166,6 +187,7 @@ def run_isolated(
             process.kill()
             process.join()
         receiver.close()
+        keepalive_worker.close()
     seconds = time.perf_counter() - started
     if message is None:
         code = process.exitcode if process.exitcode is not None else 0

@@ -1,0 +1,126 @@
+"""Extraction settings for a batch: ``configs/extract.yaml`` merged with CLI flags.
+
+The keys are the fields of :class:`wsi_tools.extract.ExtractionConfig` except
+``set`` and ``slide_mpp``, which come from each manifest row; ``magnification``
+may stand in for ``target_mpp``. Defaults are ExtractionConfig's own, so a
+batch without ``--config`` extracts exactly like ``wsi-tools extract`` (only
+``threads`` differs: 1, as the batch parallelises over slides instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsi_tools.errors import ConfigError
+from wsi_tools.geometry import mpp_for_magnification
+
+PER_SLIDE_KEYS = ("set", "slide_mpp")  # from the manifest, never from the config
+# A batch runs one slide per worker process, one process per core: encoder
+# threads beyond the reading thread would only compete with the other slides.
+BATCH_DEFAULTS = {"threads": 1}
+
+
+def default_settings() -> dict[str, Any]:
+    """ExtractionConfig's defaults for every key a config file may set (threads: 1)."""
+    from wsi_tools.extract import ExtractionConfig
+
+    settings = {}
+    for field in dataclasses.fields(ExtractionConfig):
+        if field.name in PER_SLIDE_KEYS:
+            continue
+        if field.default is not dataclasses.MISSING:
+            settings[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            settings[field.name] = field.default_factory()
+    settings.update({key: value for key, value in BATCH_DEFAULTS.items() if key in settings})
+    return settings
+
+
+def _number(key: str, value: Any, origin: str) -> float:
+    if isinstance(value, str):  # "1/3" reads better than 0.333... in a config file
+        with contextlib.suppress(ValueError, ZeroDivisionError):
+            value = float(Fraction(value.strip()))
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{origin}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
+    """Check one value against the type of its default (ranges: ExtractionConfig.validate)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{origin}: {key} must be a whole number, got {value!r}")
+    elif isinstance(default, float):
+        value = _number(key, value, origin)
+    elif value is not None and not isinstance(value, str):
+        raise ConfigError(f"{origin}: {key} must be text, got {value!r}")
+    return value
+
+
+def _apply(settings: dict[str, Any], values: Mapping[str, Any], origin: str, base: Path | None) -> None:
+    defaults = default_settings()
+    known = sorted([*defaults, "magnification"])
+    if "magnification" in values and "target_mpp" in values:
+        raise ConfigError(f"{origin}: give target_mpp or magnification, not both")
+    for key, value in values.items():
+        if key == "magnification":
+            magnification = _number(key, value, origin)
+            if magnification <= 0:
+                raise ConfigError(f"{origin}: magnification must be positive, e.g. 5, got {value!r}")
+            key, value = "target_mpp", mpp_for_magnification(magnification)
+        if key in PER_SLIDE_KEYS:
+            raise ConfigError(f"{origin}: {key} is set per slide in the manifest, not in the config")
+        if key not in defaults:
+            raise ConfigError(f"{origin}: unknown key {key!r}; known keys: {', '.join(known)}")
+        value = _coerce(key, value, defaults[key], origin)
+        if key == "label_map" and value is not None and base is not None and (base / value).is_file():
+            # Relative to the config file (or the shell for a flag): workers may run elsewhere.
+            # Anything else stays as is: a bare name such as "camelyon" names a shipped map.
+            value = str((base / value).resolve())
+        settings[key] = value
+    try:
+        extraction_config(settings, "weak", None)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {error}") from None
+
+
+def load_settings(
+    config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Defaults, then the YAML file, then ``overrides`` (CLI flags; None values ignored)."""
+    settings = default_settings()
+    if config_path is not None:
+        path = Path(config_path).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{path}: config not found; pass an existing YAML file to --config")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of key: value lines")
+        _apply(settings, values, str(path), path.parent)
+    if overrides:
+        given = {key: value for key, value in overrides.items() if value is not None}
+        _apply(settings, given, "command line", Path.cwd())
+    return settings
+
+
+def extraction_config(settings: Mapping[str, Any], set_name: str, slide_mpp: float | None):  # type: ignore[no-untyped-def]
+    """The ExtractionConfig of one slide: the batch settings plus its manifest row."""
+    from wsi_tools.extract import ExtractionConfig
+
+    config = ExtractionConfig(set=set_name, slide_mpp=slide_mpp, **settings)
+    config.validate()
+    return config
