@@ -155,3 +155,142 @@ def test_large_search_streams_in_bounded_chunks():
     assert peak < full_bytes / 10, (peak, full_bytes)
     assert result.indices[0, 0] == 123_456
     assert result.indices[2, 0] == 123_458
+
+
+# ---------------------------------------------------------------- mining on a store
+
+TINY_TRAIN = {
+    "epochs": 1,
+    "input_size": 32,
+    "batch_size": 16,
+    "num_workers": 0,
+    "bootstrap": 0,
+    "augment": False,
+    "progress": False,
+}
+
+
+def add_weak_slide(store_path, slide_id: str, images: np.ndarray) -> None:
+    """A weak-set slide holding exactly ``images`` (written through the store's own writer)."""
+    from wsi_tools.store import PatchStore
+
+    store = PatchStore(store_path, mode="a")
+    n, size = len(images), images.shape[1]
+    coords = np.stack([np.arange(n) * size * 4, np.zeros(n, np.int64)], axis=1).astype(np.int64)
+    writer = store.begin_slide(
+        slide_id, n, size, {"set": "weak", "source": f"test://{slide_id}", "patch_size": size}
+    )
+    writer.write(0, images, coords, np.zeros(n, np.int8), np.ones(n, np.float32))
+    writer.commit()
+
+
+@pytest.fixture(scope="module")
+def weak_run(tmp_path_factory: pytest.TempPathFactory):
+    """A toy store (5 hard slides, 1 weak slide) and a weak model trained on it for one epoch."""
+    from wsi_tools.train import TrainConfig, train
+    from wsi_tools.train.toy import write_toy_store
+
+    root = tmp_path_factory.mktemp("mining_store")
+    store = write_toy_store(
+        root / "store.zarr",
+        [(f"h{i}", "hard", 16, 6) for i in range(5)] + [("w_random", "weak", 40, 0)],
+        patch_size=32,
+    )
+    result = train(TrainConfig(**TINY_TRAIN), store, root / "weak")
+    return store, result
+
+
+def test_exact_pixel_copies_of_false_positives_are_mined_first_at_distance_zero(weak_run, tmp_path):
+    from wsi_tools.mining.mine import MiningConfig, fp_candidate_table, run_mining, training_table
+    from wsi_tools.store import PatchStore
+    from wsi_tools.train.trainer import load_model, predict, read_checkpoint
+
+    store_path, weak = weak_run
+    # Copy the 4 highest-scoring training negatives into a weak slide, among random patches.
+    store = PatchStore(store_path)
+    state = read_checkpoint(weak.best_checkpoint)
+    model, train_config = load_model(weak.best_checkpoint)
+    candidates = fp_candidate_table(
+        store, state["splits"], "train", training=training_table(store, state, train_config)
+    )
+    probs = predict(model, store_path, candidates.refs, 64)
+    top = np.argsort(-probs)[:4]
+    threshold = float(probs[top].min())  # these four are false positives at this threshold
+    copies = np.stack([store.images(candidates.slide_ids[i])[int(candidates.indices[i])] for i in top])
+    add_weak_slide(store_path, "w_copies", copies)
+
+    result = run_mining(
+        weak.best_checkpoint, store_path, tmp_path, MiningConfig(threshold=threshold, alpha=3)
+    )
+    fp_keys = result.false_positives.table.keys()
+    assert result.weak_pool_size == 44
+    by_query = {}
+    for patch in result.mined:
+        by_query.setdefault(patch.query, []).append(patch)
+    for copy_index, row in enumerate(top):
+        query = (str(candidates.slide_ids[row]), int(candidates.indices[row]))
+        assert query in fp_keys
+        first = min(by_query[query], key=lambda m: m.rank)
+        assert first.rank == 1
+        assert first.ref == ("w_copies", copy_index)
+        assert first.distance < 1e-3
+    # mined.csv carries the same rows, distances ascending within a query.
+    import csv
+
+    rows = list(csv.DictReader(result.csv_path.open()))
+    assert list(rows[0]) == ["query_slide_id", "query_x", "query_y", "slide_id", "x", "y", "distance", "rank"]
+    assert len(rows) == len(result.mined)
+    assert len({(r["slide_id"], r["x"], r["y"]) for r in rows}) == len(rows)  # de-duplicated
+
+
+def test_second_run_reuses_the_feature_cache_and_cosine_mines_by_similarity(weak_run, tmp_path):
+    from wsi_tools.mining.mine import MiningConfig, run_mining
+
+    store_path, weak = weak_run
+    config = MiningConfig(threshold=0.0, alpha=4)
+    first = run_mining(weak.best_checkpoint, store_path, tmp_path, config)
+    again = run_mining(weak.best_checkpoint, store_path, tmp_path, config)
+    assert not first.cache_reused and again.cache_reused
+    assert [m.ref for m in first.mined] == [m.ref for m in again.mined]
+    cosine = run_mining(
+        weak.best_checkpoint,
+        store_path,
+        tmp_path / "cos",
+        MiningConfig(threshold=0.0, alpha=4, metric="cosine"),
+    )
+    # Cosine neighbours: similarities in descending order for every false positive.
+    similarities = cosine.neighbours.distances
+    assert (np.diff(similarities, axis=1) <= 1e-6).all()
+    assert all(0 <= m.distance <= 2 for m in cosine.mined)
+
+
+def test_mining_never_touches_validation_test_or_training_patches(weak_run):
+    from wsi_tools.mining.mine import FalsePositives, MiningConfig, nearest_weak_patches, weak_pool_table
+    from wsi_tools.store import PatchStore
+    from wsi_tools.train.data import select_patches
+
+    store_path, weak = weak_run
+    store = PatchStore(store_path)
+    weak_slides = [s for s in store.slide_ids() if store.slide_attrs(s).get("set") == "weak"]
+    splits = dict(weak.splits)
+    # Pretend the weak slides were split too: one held out in test.
+    splits[weak_slides[0]] = "test"
+    pool = weak_pool_table(store, splits)
+    assert weak_slides[0] not in set(pool.slide_ids)
+    # Patches already in training are excluded even when they are the nearest.
+    queries = select_patches(store, [s for s in weak_slides[1:]])
+    features = np.random.default_rng(0).standard_normal((len(pool), 8)).astype(np.float32)
+    fps = FalsePositives(queries.take([0, 1]), np.array([0.5, 0.5]), features[:2].copy(), n_candidates=2)
+    training = {
+        (str(pool.slide_ids[0]), int(pool.indices[0])),
+        (str(pool.slide_ids[1]), int(pool.indices[1])),
+    }
+    mined, _ = nearest_weak_patches(fps, pool, features, MiningConfig(alpha=5), exclude=training)
+    assert mined and not {(m.ref.slide_id, m.ref.index) for m in mined} & training
+
+
+def test_test_split_is_never_a_false_positive_source():
+    with pytest.raises(ConfigError, match="never"):
+        from wsi_tools.mining.mine import MiningConfig
+
+        MiningConfig(fp_source="test")

@@ -8,7 +8,8 @@ What is drawn (level 0 at 0.5 µm/px, H&E-like colours):
   holding an irregular cluster of tumour cells (large dark purple nuclei on
   pale purple cytoplasm);
 * **LI negative** (hard slides, group ``LI_negative``): the same kind of
-  vessel, empty or holding red blood cells (small red discs);
+  vessel, empty or holding red blood cells (small red discs); like real
+  vessels, both may hold a few lymphocytes (small round dark nuclei);
 * **mimics** (unannotated, everywhere; the main content of weak slides):
   vessels with red cells, and glands with retraction spaces (a ring of
   epithelium with basal purple nuclei around a small lumen, separated from
@@ -50,6 +51,7 @@ BASE_COLORS: dict[str, tuple[int, int, int]] = {
     "red_cell_edge": (180, 40, 60),
     "gland_cytoplasm": (200, 140, 195),
     "gland_nucleus": (95, 50, 135),
+    "lymphocyte": (72, 40, 125),
 }
 
 
@@ -126,6 +128,30 @@ def generate_cohort(out_dir: str | Path, config: CohortConfig = CohortConfig()) 
         for slide in slides:
             annotation = slide.annotation_path.relative_to(root) if slide.annotation_path else ""
             writer.writerow([slide.slide_path.relative_to(root), slide.set, annotation, slide.slide_id])
+    return Cohort(root=root, slides=tuple(slides), manifest_path=manifest, config=config)
+
+
+def cohort_from_folder(root: str | Path, config: CohortConfig = CohortConfig()) -> Cohort:
+    """A cohort written earlier by :func:`generate_cohort`, read back from its manifest."""
+    from wsi_tools.annotations import read_asap_xml
+
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    slides = []
+    with manifest.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            annotation = root / row["annotation_path"] if row["annotation_path"] else None
+            groups = [a.group for a in read_asap_xml(annotation).annotations] if annotation else []
+            slides.append(
+                CohortSlide(
+                    row["slide_id"],
+                    root / row["slide_path"],
+                    row["set"],
+                    annotation,
+                    groups.count(POSITIVE_GROUP),
+                    groups.count(NEGATIVE_GROUP),
+                )
+            )
     return Cohort(root=root, slides=tuple(slides), manifest_path=manifest, config=config)
 
 
@@ -310,14 +336,23 @@ class _Painter:
             self._tumour_cluster(centre, radius)
         elif content == "red_cells":
             self._red_cells(lumen)
+            self._lymphocytes(lumen, int(self.rng.integers(0, 7)))
+        else:
+            self._lymphocytes(lumen, int(self.rng.integers(0, 3)))
         return outline
+
+    def _lymphocytes(self, lumen: np.ndarray, count: int) -> None:
+        """A few lymphocytes in a lumen: round dark nuclei of ~7 µm."""
+        for point in _points_inside(self.rng, _shrunk(lumen, lumen.mean(axis=0), 0.85), count):
+            self._ellipse(point, (3.5, 3.3), float(self.rng.uniform(0, 180)), "lymphocyte")
 
     def _tumour_cluster(self, centre: tuple[float, float], radius: float) -> None:
         """An irregular nest of tumour cells floating in the lumen (a retraction gap remains)."""
         rng = self.rng
         offset = rng.uniform(-0.2, 0.2, size=2) * radius
         nest_centre = (centre[0] + offset[0], centre[1] + offset[1])
-        nest = _irregular_outline(rng, nest_centre, radius * rng.uniform(0.4, 0.65), wobble=0.5)
+        # From a small group of cells to a nest filling much of the lumen.
+        nest = _irregular_outline(rng, nest_centre, radius * rng.uniform(0.15, 0.65), wobble=0.5)
         self._fill(nest, "tumour_cytoplasm")
         nucleus_radius = self.px(5.5)
         area = cv2.contourArea(nest.astype(np.float32))

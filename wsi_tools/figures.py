@@ -50,6 +50,24 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
     )
 
 
+def choose_rows(categories: Sequence[str], max_points: int, seed: int = 0) -> np.ndarray:
+    """Rows to show when there are too many: every FP and mined patch (then TP)
+    first, a seeded random sample of the rest."""
+    categories = np.asarray(categories, dtype=object)
+    rows = np.arange(len(categories))
+    if len(rows) <= max_points:
+        return rows
+    order = {"FP": 0, "mined": 1, "TP": 2}
+    rare = np.array(
+        sorted(rows[np.isin(categories, list(order))], key=lambda r: order[categories[r]]), dtype=int
+    )
+    rare = rare[:max_points]
+    common = np.setdiff1d(rows, rare)
+    room = min(max_points - len(rare), len(common))
+    sample = np.random.default_rng(seed).choice(common, room, replace=False) if room > 0 else []
+    return np.sort(np.concatenate([rare, np.asarray(sample, dtype=int)]))
+
+
 def plot_tsne(
     embeddings: Mapping[str, np.ndarray],
     categories: Sequence[str],
@@ -61,16 +79,7 @@ def plot_tsne(
     """One t-SNE panel per model (e.g. weak, strong), side by side, the same
     patches in each, coloured by category (TP, TN, FP, FN, mined)."""
     categories = np.asarray(categories, dtype=object)
-    rows = np.arange(len(categories))
-    if len(rows) > max_points:
-        # Keep every FP and mined patch; subsample the rest.
-        rare = rows[np.isin(categories, ["FP", "mined", "TP"])]
-        rng = np.random.default_rng(seed)
-        common = np.setdiff1d(rows, rare)
-        room = max(0, max_points - len(rare))
-        rows = np.sort(
-            np.concatenate([rare[:max_points], rng.choice(common, min(room, len(common)), replace=False)])
-        )
+    rows = choose_rows(categories, max_points, seed)
     figure, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5), squeeze=False)
     for axis, (name, features) in zip(axes[0], embeddings.items(), strict=True):
         points = tsne_2d(np.asarray(features)[rows], seed=seed)

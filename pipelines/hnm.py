@@ -1,0 +1,337 @@
+"""The four-step hard negative mining pipeline of Lee et al. (2024).
+
+Per seed:
+
+1. **weak model**: the trainer on the hard set (slide-level splits);
+2. **false positives**: label-0 patches of its training split scored >= the threshold;
+3. **mining**: their ``alpha`` nearest weak-set patches (exact kNN on the weak
+   model's 512-d features), added as label-0 references to the training split;
+4. **strong model**: the same recipe, the same splits and the same initial
+   weights as the weak model (not fine-tuned from it), trained on the training
+   patches plus the mined ones.
+
+Both models are evaluated on the same, untouched test split; the pipeline
+checks that their prediction rows are identical. ``report.json`` and
+``report.md`` hold the paper's Table 2 form (mean ± SD over seeds of AUROC,
+AUPRC, F1, sensitivity and specificity for weak, strong and their relative
+delta) and, per seed, the numbers of false positives and mined patches.
+
+Folder layout: ``OUT/seed_<s>/{init.pt, weak/, mining/, strong/, *.png}``,
+``OUT/report.json``, ``OUT/report.md``, ``OUT/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.report import read_test_rows, seeds_markdown, summarize_runs, table2_markdown
+from wsi_tools.errors import ConfigError
+from wsi_tools.mining.mine import MiningConfig
+from wsi_tools.train.config import TrainConfig, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hnm.yaml"
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    enabled: bool = True
+    tsne_points: int = 1500  # patches per t-SNE panel (FPs and mined always kept)
+    gradcam_patches: int = 4  # test FPs and TPs of the weak model shown, each
+    gallery_queries: int = 6  # false positives in the mined gallery
+    gallery_hits: int = 5  # nearest weak patches shown per false positive
+
+
+@dataclass(frozen=True)
+class HnmConfig:
+    """The whole pipeline: a training recipe for both models, mining, seeds, pictures."""
+
+    train: TrainConfig
+    mining: MiningConfig
+    seeds: tuple[int, ...] = (0, 1, 2)
+    store: str | None = None
+    out: str | None = None
+    figures: FigureConfig = field(default_factory=FigureConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "out": self.out,
+            "seeds": list(self.seeds),
+            "train": self.train.to_dict(),
+            "mining": dataclasses.asdict(self.mining),
+            "figures": dataclasses.asdict(self.figures),
+        }
+
+
+TOP_KEYS = ("store", "out", "seeds", "train_config", "train", "mining", "figures")
+
+
+def _section(mapping: Mapping[str, Any], cls: type, source: str, name: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) in '{name}': {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**mapping)
+    except TypeError as error:
+        raise ConfigError(f"{source}: bad '{name}' section ({error})") from None
+
+
+def parse_hnm_config(mapping: Mapping[str, Any], source: str, base_dir: Path) -> HnmConfig:
+    """Validate a pipeline mapping. ``train_config`` (relative to ``base_dir``)
+    names the base training recipe; ``train`` overrides its keys."""
+    unknown = sorted(set(mapping) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(TOP_KEYS)}")
+    recipe = mapping.get("train_config")
+    recipe_path = (base_dir / recipe) if recipe else None
+    train = load_config(recipe_path, dict(mapping.get("train") or {}))
+    mining_mapping = dict(mapping.get("mining") or {})
+    mining_mapping.setdefault("threshold", train.threshold)
+    seeds = mapping.get("seeds", [0, 1, 2])
+    if isinstance(seeds, int):
+        seeds = list(range(seeds))
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{source}: 'seeds' must be a non-empty list of non-negative integers (or a count)")
+    return HnmConfig(
+        train=train,
+        mining=_section(mining_mapping, MiningConfig, source, "mining"),
+        seeds=tuple(seeds),
+        store=mapping.get("store"),
+        out=mapping.get("out"),
+        figures=_section(dict(mapping.get("figures") or {}), FigureConfig, source, "figures"),
+    )
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
+    return loaded
+
+
+def load_hnm_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> HnmConfig:
+    """Read ``configs/hnm.yaml`` (or ``path``), with top-level ``overrides``."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    mapping = read_yaml(path)
+    mapping.update(overrides or {})
+    return parse_hnm_config(mapping, str(path), path.parent)
+
+
+# ------------------------------------------------------------------ the steps
+
+
+def log(message: str) -> None:
+    print(f"[hnm] {message}", file=sys.stderr, flush=True)
+
+
+def save_initial_weights(train_config: TrainConfig, seed: int, path: Path) -> Path:
+    """The seed's initial model, saved once: weak and strong both start from it."""
+    import torch
+
+    from wsi_tools.train.model import build_model
+    from wsi_tools.train.trainer import seed_everything
+
+    seed_everything(seed)
+    model = build_model(train_config.weights, train_config.input_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def train_model(
+    train_config: TrainConfig,
+    store: Path,
+    out_dir: Path,
+    *,
+    splits: Mapping[str, str] | None = None,
+    extra_train_negatives: Sequence[Any] = (),
+) -> Any:
+    from wsi_tools.train.trainer import train
+
+    return train(train_config, store, out_dir, splits=splits, extra_train_negatives=extra_train_negatives)
+
+
+def compare_test_rows(weak_dir: Path, strong_dir: Path, threshold: float) -> dict[str, int]:
+    """Assert both models were scored on the identical test rows; count test FPs."""
+    weak, strong = read_test_rows(weak_dir), read_test_rows(strong_dir)
+    weak_keys = [row[:4] for row in weak]
+    strong_keys = [row[:4] for row in strong]
+    assert weak_keys == strong_keys, (
+        f"weak ({len(weak_keys)}) and strong ({len(strong_keys)}) models were not scored on the same test rows"
+    )
+    return {
+        "n_test": len(weak),
+        "weak_test_fp": sum(1 for r in weak if r[3] == 0 and r[4] >= threshold),
+        "strong_test_fp": sum(1 for r in strong if r[3] == 0 and r[4] >= threshold),
+    }
+
+
+def metric_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The Table 2 metrics (and log loss, confusion) of a trainer ``metrics.json``."""
+    keys = ("auroc", "auprc", "f1", "sensitivity", "specificity", "log_loss")
+    summary: dict[str, Any] = {k: metrics.get(k) for k in keys}
+    summary.update(threshold=metrics.get("threshold"), n=metrics.get("n"), confusion=metrics.get("confusion"))
+    return summary
+
+
+def run_seed(
+    config: HnmConfig,
+    store: Path,
+    seed_dir: Path,
+    seed: int,
+    *,
+    mining_variants: Mapping[str, MiningConfig] | None = None,
+    train_config: TrainConfig | None = None,
+) -> list[dict[str, Any]]:
+    """One seed: the weak model once, then for each mining variant (default: the
+    config's own) mining and a strong model. Returns one record per variant."""
+    from wsi_tools.mining.mine import run_mining
+
+    recipe = (train_config or config.train).replace(seed=seed)
+    init = save_initial_weights(recipe, seed, seed_dir / "init.pt")
+    recipe = recipe.replace(weights=str(init))
+    started = time.perf_counter()
+    log(f"seed {seed}: step 1/4, weak model -> {seed_dir / 'weak'}")
+    weak = train_model(recipe, store, seed_dir / "weak")
+    weak_seconds = time.perf_counter() - started
+    records = []
+    variants = mining_variants or {"": config.mining}
+    for name, mining_config in variants.items():
+        suffix = f"_{name}" if name else ""
+        started = time.perf_counter()
+        log(f"seed {seed}{' ' + name if name else ''}: steps 2-3/4, false positives and mining")
+        mining = run_mining(
+            weak.best_checkpoint,
+            store,
+            seed_dir / f"mining{suffix}",
+            mining_config,
+            cache_dir=seed_dir / "cache",
+        )
+        log(
+            f"seed {seed}: {len(mining.false_positives.table)} false positive(s) among "
+            f"{mining.false_positives.n_candidates} training negatives; {len(mining.mined)} weak patch(es) "
+            f"mined from {mining.weak_pool_size}"
+        )
+        mining_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        log(f"seed {seed}: step 4/4, strong model -> {seed_dir / f'strong{suffix}'}")
+        strong = train_model(
+            recipe,
+            store,
+            seed_dir / f"strong{suffix}",
+            splits=weak.splits,
+            extra_train_negatives=mining.mined_refs,
+        )
+        assert_no_mined_in_val_or_test(mining.mined_refs, weak.splits)
+        counts = compare_test_rows(weak.run_dir, strong.run_dir, recipe.threshold)
+        record = {
+            "seed": seed,
+            "variant": name or None,
+            "weak_run": str(weak.run_dir),
+            "strong_run": str(strong.run_dir),
+            "mined_csv": str(mining.csv_path),
+            "n_false_positives": len(mining.false_positives.table),
+            "n_fp_candidates": mining.false_positives.n_candidates,
+            "n_mined": len(mining.mined),
+            "weak_pool": mining.weak_pool_size,
+            **counts,
+            "weak": metric_summary(weak.metrics),
+            "strong": metric_summary(strong.metrics),
+            "seconds": {
+                "weak": round(weak_seconds, 1),
+                "mining": round(mining_seconds, 1),
+                "strong": round(time.perf_counter() - started, 1),
+            },
+        }
+        if config.figures.enabled:
+            from pipelines.pictures import seed_figures
+
+            record["figures"] = seed_figures(
+                store, weak, strong, mining, recipe, config.figures, seed_dir, suffix, mining_config.metric
+            )
+        records.append(record)
+    return records
+
+
+def assert_no_mined_in_val_or_test(refs: Sequence[Any], splits: Mapping[str, str]) -> None:
+    held_out = {slide for slide, split in splits.items() if split in ("val", "test")}
+    leaked = sorted({str(ref[0]) for ref in refs} & held_out)
+    assert not leaked, f"mined patches from validation/test slides: {leaked[:5]}"
+
+
+def write_report(records: Sequence[Mapping[str, Any]], config: HnmConfig, out: Path, seconds: float) -> dict:
+    summary = summarize_runs(records)
+    report = {
+        "pipeline": "hard negative mining (Lee et al. 2024)",
+        "threshold": config.train.threshold,
+        "alpha": config.mining.alpha,
+        "metric": config.mining.metric,
+        "fp_source": config.mining.fp_source,
+        "seeds": list(config.seeds),
+        "summary": summary,
+        "runs": list(records),
+        "seconds": round(seconds, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    markdown = [
+        "# Hard negative mining: weak vs strong",
+        "",
+        f"Threshold {config.train.threshold}, α = {config.mining.alpha}, metric {config.mining.metric}, "
+        f"false positives from the {config.mining.fp_source} split, seeds {list(config.seeds)}.",
+        "",
+        table2_markdown(summary),
+        "",
+        "### Per seed",
+        "",
+        seeds_markdown(records),
+        "",
+        f"Total time {seconds / 60:.1f} min.",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(markdown))
+    return report
+
+
+def run_pipeline(
+    config: HnmConfig,
+    store: str | Path | None = None,
+    out: str | Path | None = None,
+    on_seed: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """All seeds, then ``report.json`` / ``report.md`` in ``out``. Returns the report."""
+    store = Path(store or config.store or "")
+    out = Path(out or config.out or "")
+    if not str(store) or str(store) == ".":
+        raise ConfigError("no store given: pass --store STORE (or set store: in the config)")
+    if not str(out) or str(out) == ".":
+        raise ConfigError("no output folder given: pass --out DIR (or set out: in the config)")
+    if not store.exists():
+        raise ConfigError(f"{store}: patch store not found; extract one first (wsi-tools extract / batch)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    started = time.perf_counter()
+    records = []
+    for seed in config.seeds:
+        for record in run_seed(config, store, out / f"seed_{seed}", seed):
+            records.append(record)
+            if on_seed:
+                on_seed(record)
+    return write_report(records, config, out, time.perf_counter() - started)

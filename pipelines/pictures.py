@@ -1,0 +1,141 @@
+"""The pictures of one seed of the pipeline (t-SNE, Grad-CAM, mined gallery)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_tools import figures
+
+
+def _coords_lookup(store: Any, slide_id: str, cache: dict[str, dict[tuple[int, int], int]]) -> dict:
+    if slide_id not in cache:
+        coords = np.asarray(store.coords(slide_id))
+        cache[slide_id] = {(int(x), int(y)): i for i, (x, y) in enumerate(coords)}
+    return cache[slide_id]
+
+
+def _images(store: Any, refs: list[tuple[str, int]]) -> list[np.ndarray]:
+    return [np.asarray(store.images(slide_id)[int(index)]) for slide_id, index in refs]
+
+
+def tsne_figure(
+    store_path: Path,
+    store: Any,
+    weak: Any,
+    strong: Any,
+    mining: Any,
+    recipe: Any,
+    figure_config: Any,
+    path: Path,
+) -> Path:
+    """Training patches of the weak model (TP/FN/TN/FP by its scores) and the
+    mined weak patches, embedded by both models."""
+    from wsi_tools.mining.mine import training_table
+    from wsi_tools.train.trainer import embed_patches, load_model, predict, read_checkpoint
+
+    weak_model, _ = load_model(weak.best_checkpoint)
+    strong_model, _ = load_model(strong.best_checkpoint)
+    training = training_table(store, read_checkpoint(weak.best_checkpoint), recipe)
+    fp_keys = mining.false_positives.table.keys()
+    refs = training.refs
+    categories = np.empty(len(refs), dtype=object)
+    negatives = training.labels == 0
+    categories[negatives] = [
+        "FP" if (ref.slide_id, ref.index) in fp_keys else "TN"
+        for ref, neg in zip(refs, negatives, strict=True)
+        if neg
+    ]
+    positive_rows = np.nonzero(~negatives)[0]
+    if len(positive_rows):
+        positive_probs = predict(weak_model, store_path, [refs[i] for i in positive_rows], recipe.batch_size)
+        categories[positive_rows] = np.where(positive_probs >= recipe.threshold, "TP", "FN")
+    refs = refs + mining.mined_refs
+    categories = np.concatenate([categories, np.full(len(mining.mined_refs), "mined", dtype=object)])
+    rows = figures.choose_rows(categories, figure_config.tsne_points)
+    chosen = [refs[i] for i in rows]
+    embeddings = {
+        "weak": embed_patches(weak_model, store_path, chosen, recipe.batch_size),
+        "strong": embed_patches(strong_model, store_path, chosen, recipe.batch_size),
+    }
+    return figures.plot_tsne(embeddings, categories[rows], path, max_points=len(rows))
+
+
+def gradcam_figure(store: Any, weak: Any, strong: Any, recipe: Any, figure_config: Any, path: Path) -> Path:
+    """Test-split false positives and true positives of the weak model, with the
+    Grad-CAM of both models (a picture only: the test split never feeds training)."""
+    import torch
+
+    from pipelines.report import read_test_rows
+    from wsi_tools.train.augment import BatchTransform
+    from wsi_tools.train.trainer import load_model
+
+    rows = read_test_rows(weak.run_dir)
+    threshold = recipe.threshold
+    false_pos = sorted((r for r in rows if r[3] == 0 and r[4] >= threshold), key=lambda r: -r[4])
+    true_pos = sorted((r for r in rows if r[3] == 1 and r[4] >= threshold), key=lambda r: -r[4])
+    n = figure_config.gradcam_patches
+    picked = [("test FP", r) for r in false_pos[:n]] + [("test TP", r) for r in true_pos[:n]]
+    lookups: dict[str, dict[tuple[int, int], int]] = {}
+    refs = [(r[0], _coords_lookup(store, r[0], lookups)[(r[1], r[2])]) for _, r in picked]
+    images = _images(store, refs)
+    cams: dict[str, list[np.ndarray]] = {}
+    probabilities: dict[str, list[float]] = {}
+    if images:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        for name, run in (("weak", weak), ("strong", strong)):
+            model, _ = load_model(run.best_checkpoint)
+            x = BatchTransform(model.input_size, augment=False)(batch)
+            cams[name] = list(figures.grad_cam(model, x))
+            with torch.no_grad():
+                probabilities[name] = torch.sigmoid(model(x)).tolist()
+    titles = [f"{kind} {r[0]}" for kind, r in picked]
+    return figures.plot_gradcam_grid(images, cams, probabilities, titles, path)
+
+
+def seed_figures(
+    store_path: Path,
+    weak: Any,
+    strong: Any,
+    mining: Any,
+    recipe: Any,
+    figure_config: Any,
+    out_dir: Path,
+    suffix: str = "",
+    metric: str = "l2",
+) -> dict[str, str]:
+    """Write ``tsne.png``, ``gradcam.png`` and ``mined_gallery.png`` for one seed."""
+    from wsi_tools.train.data import open_store
+
+    store = open_store(store_path)
+    return {
+        "tsne": str(
+            tsne_figure(
+                store_path, store, weak, strong, mining, recipe, figure_config, out_dir / f"tsne{suffix}.png"
+            )
+        ),
+        "gradcam": str(
+            gradcam_figure(store, weak, strong, recipe, figure_config, out_dir / f"gradcam{suffix}.png")
+        ),
+        "mined_gallery": str(
+            gallery_figure(store, mining, figure_config, metric, out_dir / f"mined_gallery{suffix}.png")
+        ),
+    }
+
+
+def gallery_figure(store: Any, mining: Any, figure_config: Any, metric: str, path: Path) -> Path:
+    """The highest-scoring false positives, each with its nearest weak patches."""
+    fps = mining.false_positives
+    order = np.argsort(-fps.probs)[: figure_config.gallery_queries]
+    queries = _images(store, [(fps.table.slide_ids[q], fps.table.indices[q]) for q in order])
+    titles = [f"FP p={fps.probs[q]:.2f}\n{fps.table.slide_ids[q]}" for q in order]
+    hits, distances = [], []
+    for q in order:
+        rows = mining.neighbours.indices[q, : figure_config.gallery_hits]
+        rows = rows[rows >= 0]
+        values = mining.neighbours.distances[q, : len(rows)]
+        distances.append(list(1.0 - values if metric == "cosine" else values))
+        hits.append(_images(store, [(mining.pool.slide_ids[r], mining.pool.indices[r]) for r in rows]))
+    return figures.plot_mined_gallery(queries, titles, hits, distances, path)

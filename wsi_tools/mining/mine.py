@@ -1,0 +1,332 @@
+"""Steps 2 and 3 of the method: false positives of the weak model, and their
+nearest neighbours in the weak set (the mined hard negatives).
+
+* False positives are label-0 patches of the hard set's training split (or
+  ``val``, ``train+val``) that the weak model scores at or above the
+  threshold. The test split is never read here.
+* Weak-set features are computed once and cached (see ``embeddings``); the
+  search is the exact, streamed kNN of ``knn``.
+* Each false positive contributes its ``alpha`` nearest weak patches; a patch
+  hit by several false positives is kept once, with its best distance.
+  Patches already in training, and slides of the validation or test split,
+  can never be mined.
+* Mined patches are references ``(slide_id, index)`` into the weak set,
+  written to ``mined.csv`` (``query_slide_id,query_x,query_y,slide_id,x,y,
+  distance,rank``). For cosine, ``distance`` is ``1 - cosine similarity``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_tools.errors import ConfigError
+from wsi_tools.mining.knn import METRICS, KnnResult, knn_search
+from wsi_tools.train.data import PatchRef, PatchTable, select_patches
+
+FP_SOURCES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "val": ("val",),
+    "train+val": ("train", "val"),
+}
+MINED_COLUMNS = ("query_slide_id", "query_x", "query_y", "slide_id", "x", "y", "distance", "rank")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Steps 2-3 parameters (the paper's defaults)."""
+
+    threshold: float = 0.1  # a negative scored >= threshold is a false positive
+    fp_source: str = "train"  # train | val | train+val (never test)
+    alpha: int = 20  # nearest weak patches per false positive
+    metric: str = "l2"  # l2 | cosine
+    knn_backend: str = "torch"  # torch | faiss
+    batch_size: int = 128
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fp_source not in FP_SOURCES:
+            raise ConfigError(
+                f"fp_source {self.fp_source!r} is not one of {', '.join(FP_SOURCES)} (the test split is never mined)"
+            )
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.alpha < 1:
+            raise ConfigError(f"alpha must be at least 1, got {self.alpha}")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class FalsePositives:
+    table: PatchTable  # label-0 patches scored >= threshold
+    probs: np.ndarray
+    features: np.ndarray  # (n, 512)
+    n_candidates: int  # negatives scored
+
+
+@dataclass(frozen=True)
+class MinedPatch:
+    query: PatchRef
+    query_xy: tuple[int, int]
+    ref: PatchRef
+    xy: tuple[int, int]
+    distance: float
+    rank: int  # 1 = nearest to its query
+
+
+@dataclass
+class MiningResult:
+    false_positives: FalsePositives
+    mined: list[MinedPatch]
+    weak_pool_size: int
+    pool: PatchTable | None = None  # the weak patches searched, in feature order
+    neighbours: KnnResult | None = None  # raw alpha nearest per false positive (rows of pool)
+    csv_path: Path | None = None
+    cache_path: Path | None = None
+    cache_reused: bool = False
+
+    @property
+    def mined_refs(self) -> list[PatchRef]:
+        return [patch.ref for patch in self.mined]
+
+
+def fp_candidate_table(
+    store: Any,
+    splits: Mapping[str, str],
+    fp_source: str = "train",
+    *,
+    sets: Iterable[str] = ("hard",),
+    training: PatchTable | None = None,
+) -> PatchTable:
+    """Label-0 patches whose slides are in the ``fp_source`` splits.
+
+    With ``training`` (the weak model's actual training patches, after any
+    subsampling) and ``fp_source == "train"``, only those patches are used.
+    """
+    wanted = FP_SOURCES[fp_source]
+    slides = sorted(slide for slide, split in splits.items() if split in wanted)
+    if fp_source == "train" and training is not None:
+        chosen = training.take(np.nonzero(training.labels == 0)[0])
+    else:
+        chosen = select_patches(store, slides, sets=sets, label=0)
+    leaked = {str(s) for s in chosen.slide_ids if splits.get(str(s)) not in wanted}
+    assert not leaked, f"false-positive candidates from slides outside {wanted}: {sorted(leaked)[:5]}"
+    assert not any(splits.get(str(s)) == "test" for s in chosen.slide_ids), "the test split is never mined"
+    return chosen
+
+
+def find_false_positives(
+    model: Any, store_path: str | Path, candidates: PatchTable, config: MiningConfig
+) -> FalsePositives:
+    """Score every candidate negative with the trainer's ``predict``; embed the
+    ones at or above the threshold with its ``embed_patches``."""
+    from wsi_tools.train.trainer import embed_patches, predict
+
+    options = {"num_workers": config.num_workers, "progress": config.progress}
+    probs = predict(model, store_path, candidates.refs, config.batch_size, config.device, **options)
+    hit = np.nonzero(probs >= config.threshold)[0]
+    table = candidates.take(hit)
+    features = embed_patches(model, store_path, table.refs, config.batch_size, config.device, **options)
+    return FalsePositives(table, probs[hit], features, n_candidates=len(candidates))
+
+
+def weak_pool_table(store: Any, splits: Mapping[str, str]) -> PatchTable:
+    """Every weak-set patch that may be mined: never from a validation or test slide."""
+    slides = [
+        slide
+        for slide in store.slide_ids()
+        if store.slide_attrs(slide).get("set") == "weak" and splits.get(slide) not in ("val", "test")
+    ]
+    return select_patches(store, slides)
+
+
+def nearest_weak_patches(
+    false_positives: FalsePositives,
+    weak_table: PatchTable,
+    weak_features: Any,
+    config: MiningConfig,
+    *,
+    exclude: Iterable[tuple[str, int]] = (),
+) -> tuple[list[MinedPatch], KnnResult | None]:
+    """``alpha`` nearest weak patches per false positive, de-duplicated (best
+    distance kept), never one of ``exclude`` (patches already in training).
+    Also returns the raw search result (rows of ``weak_table``)."""
+    fps = false_positives.table
+    if not len(fps) or not len(weak_table):
+        return [], None
+    excluded = set((str(s), int(i)) for s, i in exclude)
+    mask = np.array(
+        [(str(s), int(i)) in excluded for s, i in zip(weak_table.slide_ids, weak_table.indices, strict=True)],
+        dtype=bool,
+    )
+    result = knn_search(
+        false_positives.features,
+        weak_features,
+        config.alpha,
+        metric=config.metric,
+        exclude=mask if mask.any() else None,
+        device=None if config.device == "auto" else config.device,
+        backend=config.knn_backend,
+    )
+    distances = result.distances.astype(np.float64)
+    if config.metric == "cosine":
+        distances = 1.0 - distances  # similarity -> distance, smaller is nearer
+    best: dict[int, MinedPatch] = {}
+    for q in range(len(fps)):
+        query = PatchRef(str(fps.slide_ids[q]), int(fps.indices[q]))
+        query_xy = (int(fps.coords[q, 0]), int(fps.coords[q, 1]))
+        for rank, (row, distance) in enumerate(zip(result.indices[q], distances[q], strict=True), start=1):
+            if row < 0:
+                break
+            current = best.get(int(row))
+            if current is None or distance < current.distance:
+                best[int(row)] = MinedPatch(
+                    query=query,
+                    query_xy=query_xy,
+                    ref=PatchRef(str(weak_table.slide_ids[row]), int(weak_table.indices[row])),
+                    xy=(int(weak_table.coords[row, 0]), int(weak_table.coords[row, 1])),
+                    distance=float(distance),
+                    rank=rank,
+                )
+    mined = sorted(best.values(), key=lambda m: (m.query.slide_id, m.query.index, m.rank))
+    assert not any((m.ref.slide_id, m.ref.index) in excluded for m in mined)
+    return mined, result
+
+
+def write_mined_csv(mined: Iterable[MinedPatch], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MINED_COLUMNS)
+        for m in mined:
+            writer.writerow(
+                [m.query.slide_id, *m.query_xy, m.ref.slide_id, *m.xy, f"{m.distance:.6g}", m.rank]
+            )
+    return path
+
+
+def read_mined_csv(path: str | Path, store: Any) -> list[PatchRef]:
+    """Mined references back from ``mined.csv`` (coordinates looked up in the store)."""
+    refs: list[PatchRef] = []
+    lookup: dict[str, dict[tuple[int, int], int]] = {}
+    with Path(path).open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            slide_id = row["slide_id"]
+            if slide_id not in lookup:
+                coords = np.asarray(store.coords(slide_id))
+                lookup[slide_id] = {(int(x), int(y)): i for i, (x, y) in enumerate(coords)}
+            index = lookup[slide_id].get((int(row["x"]), int(row["y"])))
+            if index is None:
+                raise ConfigError(
+                    f"{path}:{line}: no patch at ({row['x']}, {row['y']}) in slide {slide_id!r}"
+                )
+            refs.append(PatchRef(slide_id, index))
+    return refs
+
+
+def training_table(store: Any, checkpoint_state: Mapping[str, Any], train_config: Any) -> PatchTable:
+    """The patches a checkpoint's model was trained on, rebuilt with the
+    trainer's own functions: its training split, subsampled as the trainer
+    does (``train_fraction``, ``positive_fraction``, ``seed``), plus any extra
+    negatives it was given."""
+    from wsi_tools.train.data import subsample, table_from_refs
+    from wsi_tools.train.trainer import split_table
+
+    splits = dict(checkpoint_state["splits"])
+    table = subsample(
+        split_table(store, splits, "train"),
+        train_config.train_fraction,
+        train_config.positive_fraction,
+        train_config.seed,
+    )
+    extra = [tuple(ref) for ref in checkpoint_state.get("extra_train_negatives", [])]
+    if extra:
+        table = PatchTable.concat([table, table_from_refs(store, extra, label=0)])
+    return table
+
+
+def write_false_positives_csv(false_positives: FalsePositives, path: str | Path) -> Path:
+    path = Path(path)
+    fps = false_positives.table
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slide_id", "index", "x", "y", "prob"])
+        for s, i, (x, y), p in zip(
+            fps.slide_ids, fps.indices, fps.coords, false_positives.probs, strict=True
+        ):
+            writer.writerow([s, int(i), int(x), int(y), f"{p:.6g}"])
+    return path
+
+
+def run_mining(
+    checkpoint: str | Path,
+    store_path: str | Path,
+    out_dir: str | Path,
+    config: MiningConfig = MiningConfig(),
+    *,
+    cache_dir: str | Path | None = None,
+) -> MiningResult:
+    """Steps 2-3 for a trained weak model: false positives of its own splits,
+    their ``alpha`` nearest weak patches, ``mined.csv`` and
+    ``false_positives.csv`` in ``out_dir``. Weak-set features are cached under
+    ``cache_dir`` (default ``out_dir``)."""
+    from wsi_tools.mining.embeddings import cache_key, cached_features, file_digest
+    from wsi_tools.train.data import open_store
+    from wsi_tools.train.trainer import load_model, read_checkpoint
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = read_checkpoint(checkpoint)
+    model, train_config = load_model(checkpoint, device=config.device)
+    store = open_store(store_path)
+    splits = dict(state["splits"])
+    missing = sorted(set(splits) - set(store.slide_ids()))
+    if missing:
+        raise ConfigError(
+            f"{store_path}: slides of {checkpoint}'s splits are missing from the store "
+            f"({', '.join(missing[:5])}); mine with the store the model was trained on"
+        )
+    training = training_table(store, state, train_config)
+    candidates = fp_candidate_table(
+        store, splits, config.fp_source, sets=train_config.train_sets, training=training
+    )
+    false_positives = find_false_positives(model, store_path, candidates, config)
+    pool = weak_pool_table(store, splits)
+    if not len(pool):
+        raise ConfigError(f"{store_path}: no weak-set slides to mine; extract some with --set weak first")
+    key = cache_key(file_digest(checkpoint), store.fingerprint(), int(model.input_size))
+    cache = cached_features(
+        model,
+        store_path,
+        pool,
+        cache_dir or out_dir,
+        key,
+        batch_size=config.batch_size,
+        device=config.device,
+        num_workers=config.num_workers,
+        progress=config.progress,
+    )
+    mined, neighbours = nearest_weak_patches(
+        false_positives, pool, cache.features, config, exclude=training.keys()
+    )
+    result = MiningResult(
+        false_positives=false_positives,
+        mined=mined,
+        weak_pool_size=len(pool),
+        pool=pool,
+        neighbours=neighbours,
+        csv_path=write_mined_csv(mined, out_dir / "mined.csv"),
+        cache_path=cache.path,
+        cache_reused=cache.reused,
+    )
+    write_false_positives_csv(false_positives, out_dir / "false_positives.csv")
+    return result
