@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Small patches at ×5 keep every slide to a second or two.
 FLAGS = ["--mpp", "2.0", "--patch-size", "64", "--fraction", "1"]
 SETTINGS = {"target_mpp": 2.0, "patch_size": 64, "fraction": 1.0}
-GOOD = ("big", "weak_a", "hard_a")
+GOOD = ("big", "weak_a", "hard_a", "mpp_given")
 BAD = {
     "corrupt": "SlideReadError",
     "not_a_tiff": "UnsupportedSlideError",
@@ -53,11 +53,12 @@ def _hard_xml(path: Path) -> Path:
     )
 
 
-def _write_manifest(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+def _write_manifest(path: Path, rows: list[tuple[str, ...]]) -> Path:
+    """Rows of (slide_path, set, annotation_path, slide_id[, mpp[, split]])."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["slide_path", "set", "annotation_path", "slide_id"])
-        writer.writerows(rows)
+        writer.writerow(["slide_path", "set", "annotation_path", "slide_id", "mpp", "split"])
+        writer.writerows([(*row, "", "")[:6] for row in rows])
     return path
 
 
@@ -75,9 +76,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
     _hard_xml(root / "hard_a.xml")
     (root / "broken.xml").write_text("<ASAP_Annotations><Annotations><Annotation Name=", encoding="utf-8")
     good = [
-        ("big.svs", "weak", "", "big"),
+        ("big.svs", "weak", "", "big", "", "train"),
         ("weak_a.svs", "weak", "", "weak_a"),
-        ("hard_a.svs", "hard", "hard_a.xml", "hard_a"),
+        ("hard_a.svs", "hard", "hard_a.xml", "hard_a", "", "test"),
+        ("no_mpp.svs", "weak", "", "mpp_given", "0.5"),  # the manifest's mpp rescues it
     ]
     bad = [
         ("corrupt.svs", "weak", "", "corrupt"),
@@ -85,7 +87,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
         ("no_mpp.svs", "weak", "", "no_mpp"),
         ("hard_a.svs", "hard", "broken.xml", "broken_xml"),
     ]
-    _write_manifest(root / "mixed.csv", [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3]])
+    _write_manifest(root / "mixed.csv", [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3], good[3]])
     _write_manifest(root / "good.csv", good)
     return root
 
@@ -133,7 +135,7 @@ def test_bad_slides_fail_alone_and_the_run_exits_3(mixed_run: tuple[Path, int, d
         assert status[slide_id]["status"] == "failed"
         assert status[slide_id]["error_type"] == error_type, status[slide_id]
         assert status[slide_id]["error"]
-    assert report["totals"]["complete"] == 3 and report["totals"]["failed"] == 4
+    assert report["totals"]["complete"] == 4 and report["totals"]["failed"] == 4
     store = PatchStore(store_path)
     assert sorted(store.slide_ids()) == sorted(GOOD)
     assert store.slide_ids(include_incomplete=True) == store.slide_ids()
@@ -141,6 +143,10 @@ def test_bad_slides_fail_alone_and_the_run_exits_3(mixed_run: tuple[Path, int, d
     assert store.labels("hard_a").tolist().count(1) >= 1  # the positive region made a patch
     run_dir = store_path / "runs" / report["run_id"]
     assert {"report.json", "report.md", "config.yaml"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "splits.csv").read_text() == "slide_id,split\nbig,train\nhard_a,test\n"
+    assert PatchStore(store_path).slide_attrs("mpp_given")["mpp_override"] == 0.5
+    assert "manifest's mpp column" in status["no_mpp"]["error"]
+    assert load_settings(run_dir / "config.yaml") == load_settings(None, SETTINGS)  # reusable as --config
     markdown = (run_dir / "report.md").read_text()
     assert "MissingMppError" in markdown and "| failed |" in markdown
 

@@ -251,6 +251,8 @@ def _apply_record(outcome: SlideOutcome, record: Mapping[str, Any]) -> None:
         outcome.status = "failed"
         outcome.error_type = record["error_type"]
         outcome.error = record["error"]
+        if outcome.error_type == "MissingMppError":  # the fix differs in a batch
+            outcome.error += "; in a batch, write the slide's µm/px in the manifest's mpp column"
 
 
 def _skipped_outcomes(

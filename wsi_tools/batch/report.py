@@ -136,8 +136,10 @@ def write_report(report: BatchReport, run_dir: Path) -> tuple[Path, Path]:
     md_path = run_dir / "report.md"
     _write_atomically(json_path, json.dumps(report.as_dict(), indent=2) + "\n")
     _write_atomically(md_path, report_markdown(report))
-    config = {"extraction": report.settings, "batch": report.options}
-    _write_atomically(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    # Flat extraction settings, so `--config runs/<run_id>/config.yaml` repeats the run.
+    options = " ".join(f"{key}={value}" for key, value in report.options.items())
+    header = f"# Effective extraction settings of batch run {report.run_id}.\n# Batch options: {options}\n"
+    _write_atomically(run_dir / "config.yaml", header + yaml.safe_dump(report.settings, sort_keys=False))
     splits = [(o.slide_id, o.split) for o in report.slides if o.split]
     if splits:
         _write_atomically(
