@@ -15,7 +15,7 @@ from shapely.geometry import Polygon, box
 from wsi_tools.annotations import Annotation, write_asap_xml
 from wsi_tools.cli import main
 from wsi_tools.errors import AnnotationError, ConfigError, MissingMppError
-from wsi_tools.extract import ExtractionConfig, extract_slide
+from wsi_tools.extract import TISSUE_MPP, ExtractionConfig, extract_slide
 from wsi_tools.geometry import TilingConfig, grid_origins
 from wsi_tools.slide import open_slide
 from wsi_tools.store import PatchStore, SlideWriter
@@ -103,7 +103,7 @@ def test_weak_grid_rule_tissue_filter_and_fraction(slide_x40: Path, tmp_path: Pa
     with open_slide(slide_x40) as slide:
         spec = slide.spec
         grid = grid_origins(spec, TilingConfig(2.0, 64))
-        fractions = detect_tissue(slide).fractions(grid, 512.0)
+        fractions = detect_tissue(slide, target_mpp=TISSUE_MPP).fractions(grid, 512.0)
     assert len(grid) == 8 * 6  # 4096 x 3072 at 0.25 µm/px, 64 px at 2.0 µm/px = 512 level-0 px
 
     extract_slide(slide_x40, tmp_path / "all.zarr", weak(patch_size=64), slide_id="s")

@@ -25,7 +25,8 @@ are the ground truth; each patch's tissue fraction is still recorded.
 
 **Weak set** (``set="weak"``): every patch is labelled 0. The non-overlapping
 grid of :func:`geometry.grid_origins` (origin (0, 0), step one window),
-windows with tissue fraction >= ``min_tissue`` (``dropped_low_tissue``),
+windows with tissue fraction >= ``min_tissue`` (``dropped_low_tissue``; the
+tissue mask of :func:`tissue.detect_tissue` at ``TISSUE_MPP`` = 16 µm/px),
 then a random ``fraction`` of them (``dropped_fraction``) drawn with an RNG
 seeded from ``(seed, slide_id)`` only, so the same seed gives the same
 patches whatever the worker count or order. Rows are in row-major order.
@@ -68,6 +69,9 @@ if TYPE_CHECKING:
 
 SETS = ("hard", "weak")
 BACKENDS = ("auto", "openslide", "tiffslide")
+# Tissue for the weak-set filter at 16 µm/px (the coarse end of 8-16): a 512 px window at
+# 2.0 µm/px is still 64 x 64 mask px, and the mask work is a quarter of that at 8 µm/px.
+TISSUE_MPP = 16.0
 SPAN_WINDOWS = 16  # windows per read: tiles decoded once, a span of ×40 windows stays < 100 MB
 
 
@@ -375,7 +379,7 @@ def extract_slide(
         if annotation_path is not None:
             annotation_path = Path(annotation_path)
             annotations, labeled = _load_annotations(annotation_path, config, slide.dimensions)
-        tissue = detect_tissue(slide)
+        tissue = detect_tissue(slide, target_mpp=TISSUE_MPP)
         if config.set == "hard":
             assert labeled is not None
             windows = hard_windows(labeled, extent, slide.dimensions, tissue, cover=config.cover)
