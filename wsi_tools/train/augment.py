@@ -70,6 +70,12 @@ def _to_float_and_resize(input_size: int) -> list[nn.Module]:
     ]
 
 
+def resize_transform(input_size: int) -> v2.Resize:
+    """uint8 (3, H, W) -> uint8 (3, input_size, input_size), antialiased: the only work a
+    loader worker does besides decoding when the rest runs per batch."""
+    return v2.Resize((input_size, input_size), antialias=True)
+
+
 def sample_transform(input_size: int, augment: bool) -> v2.Compose:
     """For one uint8 RGB patch (3, H, W): float, resize, optional augmentation, normalise."""
     steps: list[nn.Module] = _to_float_and_resize(input_size)
@@ -83,7 +89,8 @@ class BatchTransform(nn.Module):
     """The same pipeline on a uint8 batch (B, 3, H, W) already on the device.
 
     Resize and normalise are applied to the whole batch at once (they have no
-    randomness); augmentation is drawn per patch.
+    randomness; the resize is a no-op when the workers already resized);
+    augmentation is drawn per patch.
     """
 
     def __init__(self, input_size: int, augment: bool) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 Curve = tuple[np.ndarray, np.ndarray]  # (labels, probs)
@@ -69,6 +70,7 @@ def plot_loss(
         axes.axvline(
             best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})"
         )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set(xlabel="epoch", ylabel="BCE loss", title="Training curve")
     axes.legend(fontsize=8)
     return _save(figure, Path(path))
