@@ -214,6 +214,11 @@ def test_not_a_store_and_read_only(tmp_path: Path) -> None:
     zarr.open_group(tmp_path / "other.zarr", mode="w")
     with pytest.raises(StoreError, match="not a wsi-tools/patch-store"):
         PatchStore(tmp_path / "other.zarr")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos/cat.jpg").write_bytes(b"not a store")
+    with pytest.raises(StoreError, match="exists and is not a patch store"):
+        PatchStore(tmp_path / "photos", mode="a")
+    assert not (tmp_path / "photos/zarr.json").exists()
     PatchStore(tmp_path / "s.zarr", mode="a")
     with pytest.raises(StoreError, match="read-only"):
         PatchStore(tmp_path / "s.zarr").begin_slide("x", 1, P)

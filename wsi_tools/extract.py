@@ -400,7 +400,7 @@ def extract_slide(
             ) as bar,
         ):
             for span in _spans(windows.origins, extent):
-                patches = _read_span(slide, windows.origins[span], config, plan)
+                patches = read_windows(slide, windows.origins[span], config.patch_size, plan)
                 writer.write(
                     span.start,
                     patches,
@@ -425,10 +425,6 @@ def extract_slide(
         store.path,
         qc_path,
     )
-
-
-def _read_span(slide: Slide, origins: np.ndarray, config: ExtractionConfig, plan: ReadPlan) -> np.ndarray:
-    return read_windows(slide, origins, config.patch_size, plan)
 
 
 def _provenance(

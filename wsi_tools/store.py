@@ -183,6 +183,10 @@ class PatchStore:
         self.mode = mode
         root_meta = self.path / "zarr.json"
         if mode == "a" and not root_meta.exists():
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise StoreError(
+                    f"{self.path} exists and is not a patch store; give a new or empty directory for --out"
+                )
             self._create()
         if not root_meta.exists():
             raise StoreError(
