@@ -241,6 +241,7 @@ class _Progress:
 def _apply_record(outcome: SlideOutcome, record: Mapping[str, Any]) -> None:
     outcome.worker = record.get("worker")
     outcome.seconds += float(record.get("seconds") or 0.0)
+    outcome.cpu_seconds += float(record.get("cpu_seconds") or 0.0)
     if record["ok"]:
         result = record["result"]
         outcome.status = result["status"]
@@ -412,6 +413,7 @@ def _run_on_cluster(
                 record = future.result()
                 if not record["ok"] and record["transient"] and outcome.attempts <= options.retries:
                     outcome.seconds += float(record.get("seconds") or 0.0)
+                    outcome.cpu_seconds += float(record.get("cpu_seconds") or 0.0)
                     retry = submit(slide_id)
                     slide_of[retry.key] = slide_id
                     queue.add(retry)

@@ -23,6 +23,7 @@ import errno
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import signal
 import threading
 import time
@@ -64,6 +65,7 @@ class ChildOutcome:
     transient: bool = False
     traceback: str | None = None
     seconds: float = 0.0
+    cpu_seconds: float | None = None  # the child's user + system time, all its threads
 
 
 def is_transient(error: BaseException) -> bool:
@@ -104,6 +106,8 @@ def _child_main(
             is_transient(error),
             traceback.format_exc(limit=8),
         )
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    message = (*message, usage.ru_utime + usage.ru_stime)
     try:
         try:
             connection.send(message)
@@ -199,8 +203,14 @@ def run_isolated(
             seconds=seconds,
         )
     if message[0] == "ok":
-        return ChildOutcome(ok=True, value=message[1], seconds=seconds)
-    _, error_type, error, transient, trace = message
+        return ChildOutcome(ok=True, value=message[1], seconds=seconds, cpu_seconds=message[2])
+    _, error_type, error, transient, trace, cpu_seconds = message
     return ChildOutcome(
-        ok=False, error_type=error_type, error=error, transient=transient, traceback=trace, seconds=seconds
+        ok=False,
+        error_type=error_type,
+        error=error,
+        transient=transient,
+        traceback=trace,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
     )

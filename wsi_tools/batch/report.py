@@ -39,7 +39,8 @@ class SlideOutcome:
     status: str = "interrupted"  # until a result says otherwise
     n_patches: int = 0
     counts: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of its attempts, in the worker
+    cpu_seconds: float = 0.0  # CPU time of its extraction processes (all threads)
     error_type: str | None = None
     error: str | None = None
     attempts: int = 0
@@ -72,6 +73,7 @@ class BatchReport:
             "patches_extracted": extracted,
             "patches_in_store": sum(o.n_patches for o in self.slides if o.status in ("complete", "skipped")),
             "patches_per_s": round(extracted / self.seconds, 2) if self.seconds > 0 else 0.0,
+            "cpu_seconds": round(sum(outcome.cpu_seconds for outcome in self.slides), 2),
             "slides_per_hour": round(by_status.get("complete", 0) * 3600 / self.seconds, 1)
             if self.seconds > 0
             else 0.0,
