@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,3 +244,28 @@ def test_cli_train_and_evaluate(
     assert "--store" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--store", str(small_store)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_torchrun_ddp_on_two_cpu_processes(small_store: Path, tmp_path: Path) -> None:
+    """DDP (gloo on CPU): both ranks train their shard, rank 0 alone writes and reports."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "wsi_tools", "train"]
+    command += ["--store", str(small_store), "--out", str(run), "--no-progress"]
+    for item in [*QUICK, "epochs=1", "augment=false", "bootstrap=0"]:
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "device cpu x2" in done.stderr
+    assert done.stdout.count("run folder:") == 1  # rank 0 only
+    state = read_checkpoint(run / "best.pt")
+    assert state["epoch"] == 1
+    # Each rank takes every second patch of the epoch order, in batches of 8.
+    per_rank = math.ceil(sum(6 for v in state["splits"].values() if v == "train") / 2)
+    assert state["scheduler"]["last_epoch"] == math.ceil(per_rank / 8)
+    assert (run / "metrics.json").is_file() and (run / "predictions.csv").is_file()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from wsi_tools.train.config import describe_keys, load_config
@@ -142,8 +143,9 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=False if args.no_progress else None,
     )
-    print(_summary(result.metrics))
-    print(f"run folder: {result.run_dir}  best checkpoint: {result.best_checkpoint}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(_summary(result.metrics))
+        print(f"run folder: {result.run_dir}  best checkpoint: {result.best_checkpoint}")
     return 0
 
 

@@ -110,7 +110,7 @@ KEY_HELP: dict[str, str] = {
     "train_fraction": "keep this seeded fraction of all training patches (ablations); 1 = all",
     "positive_fraction": "keep this seeded fraction of the training positives only (imbalance ablations); 1 = all",
     "augment": "training augmentation: flips, transpose, shift-scale, elastic, blur, noise, brightness-contrast",
-    "transforms_on": "where resize/augment/normalise run: device (per batch, on the GPU when there is one; loader workers only read) | loader (in the workers) | auto (device on CUDA, loader on CPU)",
+    "transforms_on": "where augment/normalise run: device (per batch, on the GPU when there is one; on CUDA the loader workers only read and decompress, on the CPU they also resize the uint8 patch) | loader (everything in the workers, per patch) | auto (device on CUDA, loader on CPU)",
     "num_workers": "DataLoader worker processes that read and decompress patches",
     "device": "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N (under torchrun, cuda:LOCAL_RANK)",
     "amp": "mixed precision on CUDA: auto (bf16 if supported, else fp16 with a GradScaler) | bf16 | fp16 | off; always off on CPU",

@@ -756,7 +756,8 @@ def _train(
         )
         seconds = time.perf_counter() - started
         val_loss = _val_loss(model, store_path, tables["val"], config, runtime)
-        improved = val_loss is not None and val_loss < state.best_val_loss or val_loss is None
+        # Without a validation split every epoch counts as the best (best.pt = last.pt).
+        improved = val_loss is None or val_loss < state.best_val_loss
         if improved:
             state.best_val_loss = val_loss if val_loss is not None else state.best_val_loss
             state.best_epoch = epoch
