@@ -45,7 +45,9 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -399,8 +401,7 @@ def extract_slide(
                 total=len(windows), desc=slide_id[:24], unit="patch", disable=not progress, leave=False
             ) as bar,
         ):
-            for span in _spans(windows.origins, extent):
-                patches = read_windows(slide, windows.origins[span], config.patch_size, plan)
+            for span, patches in _read_ahead(slide, windows.origins, extent, config, plan):
                 writer.write(
                     span.start,
                     patches,
@@ -425,6 +426,28 @@ def extract_slide(
         store.path,
         qc_path,
     )
+
+
+def _read_ahead(
+    slide: Slide, origins: np.ndarray, extent: float, config: ExtractionConfig, plan: ReadPlan
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Spans and their patches, in order; with ``threads > 1`` the next spans are
+    read on that many threads meanwhile (decoding releases the GIL)."""
+    spans = _spans(origins, extent)
+    if config.threads <= 1:
+        for span in spans:
+            yield span, read_windows(slide, origins[span], config.patch_size, plan)
+        return
+    with ThreadPoolExecutor(config.threads, thread_name_prefix="read") as pool:
+        queue: deque[tuple[slice, Future[np.ndarray]]] = deque()
+        for span in spans:
+            queue.append((span, pool.submit(read_windows, slide, origins[span], config.patch_size, plan)))
+            if len(queue) > config.threads:
+                done, future = queue.popleft()
+                yield done, future.result()
+        while queue:
+            done, future = queue.popleft()
+            yield done, future.result()
 
 
 def _provenance(
