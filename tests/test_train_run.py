@@ -199,6 +199,8 @@ def test_resume_continues_like_a_straight_run(
     steps = a["scheduler"]["last_epoch"] // 2
     assert state["epoch"] == 3 and state["scheduler"]["last_epoch"] == 3 * steps
     assert [h["epoch"] for h in longer.history] == [1, 2, 3]
+    # The third epoch really trained: the cosine restarted from its closed form, not from 0.
+    assert not torch.equal(state["model"]["backbone.conv1.weight"], a["model"]["backbone.conv1.weight"])
     assert longer.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 

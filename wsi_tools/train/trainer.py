@@ -689,8 +689,17 @@ def _train(
         _unwrap(model).load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        # The run may have been extended (more epochs): the schedule spans the new run.
-        scheduler.T_max = config.epochs * steps_per_epoch
+        if scheduler.T_max != config.epochs * steps_per_epoch:
+            # An extended (or shortened) run: the cosine spans the new run. The scheduler's
+            # recursive update cannot restart from the old curve, so set the closed form.
+            scheduler.T_max = config.epochs * steps_per_epoch
+            step = min(scheduler.last_epoch, scheduler.T_max)
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = (
+                    config.eta_min
+                    + (base - config.eta_min) * (1 + math.cos(math.pi * step / scheduler.T_max)) / 2
+                )
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         scaler.load_state_dict(checkpoint["scaler"])
         state = _State(
             epoch=int(checkpoint["epoch"]),
