@@ -168,6 +168,23 @@ def test_a_rerun_changes_nothing(mixed_run: tuple[Path, int, dict], archive: Pat
     assert PatchStore(store_path).fingerprint() == before_fingerprint
 
 
+def test_complete_slides_are_skipped_without_a_cluster_and_changed_settings_are_flagged(
+    mixed_run: tuple[Path, int, dict], archive: Path
+) -> None:
+    store_path = mixed_run[0]
+    before = file_states(store_path)
+    settings = load_settings(None, {**SETTINGS, "patch_size": 32})
+    # An unreachable scheduler proves no cluster is needed when nothing is left to do.
+    options = BatchOptions(scheduler="tcp://127.0.0.1:9", progress=False)
+    report = run_batch(archive / "good.csv", store_path, settings, options)
+    assert report.exit_code == 0 and {o.status for o in report.slides} == {"skipped"}
+    assert len(report.warnings) == len(GOOD)
+    assert all(
+        "patch_size 64 (now 32)" in warning and "--overwrite" in warning for warning in report.warnings
+    )
+    assert file_states(store_path) == before
+
+
 def test_one_and_two_workers_give_the_same_store(
     mixed_run: tuple[Path, int, dict], archive: Path, tmp_path: Path
 ) -> None:
