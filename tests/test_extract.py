@@ -336,7 +336,8 @@ def test_cli_extract_verify_and_bad_inputs(
     for broken in ("openslide-unreadable.svs", "histolab-broken.svs"):
         assert main(["extract", str(real_data / broken), "--out", str(store), "--set", "weak"]) == 2
         assert broken in capsys.readouterr().err
-    assert main(["verify", str(tmp_path / "nowhere.zarr")]) == 2
+    assert main(["verify", str(tmp_path / "nowhere.zarr"), "--remove-leftovers"]) == 2
+    assert not (tmp_path / "nowhere.zarr").exists()
 
 
 def test_cli_help_lists_every_option_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -319,7 +319,9 @@ def run_extract(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from wsi_tools.store import PatchStore
 
-    store = PatchStore(args.store, mode="a" if args.remove_leftovers else "r")
+    store = PatchStore(args.store)  # refuses a path that is not a store, never creates one
+    if args.remove_leftovers:
+        store = PatchStore(args.store, mode="a")
     removed = store.remove_leftovers() if args.remove_leftovers else []
     report = store.verify(decode=not args.quick, progress=_progress())
     if args.json:
