@@ -46,8 +46,9 @@ def _fraction(text: str) -> float:
 
 def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "extraction settings (each overrides --config; unset flags keep the config's value, "
-        "or the built-in default shown, which configs/extract.yaml also holds)"
+        "extraction settings",
+        "Each flag overrides --config; an unset flag keeps the config's value, or the built-in "
+        "default shown (configs/extract.yaml holds the same values).",
     )
     resolution = group.add_mutually_exclusive_group()
     resolution.add_argument(
@@ -82,6 +83,11 @@ def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--backend", choices=("auto", "openslide", "tiffslide"), help="slide reader (default auto)"
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="encoder threads per slide beside the reading thread (default 1: workers already use every core)",
     )
     group.add_argument(
         "--tolerance",
@@ -191,6 +197,7 @@ def _batch(args: argparse.Namespace) -> int:
             "ignore_unknown_groups",
             "backend",
             "tolerance",
+            "threads",
         )
     }
     settings = load_settings(args.config, overrides)
