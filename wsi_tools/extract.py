@@ -33,7 +33,8 @@ patches whatever the worker count or order. Rows are in row-major order.
 With annotations given, exclusion areas drop windows as above.
 
 Pixels are read in spans of horizontally adjacent windows, so each JPEG tile
-is decoded once; a span is at most ``SPAN_WINDOWS`` windows, so memory stays
+is decoded once; a span is at most ``SPAN_WINDOWS`` windows and
+``SPAN_BYTES`` of level pixels (one window if it alone is larger), so memory stays
 bounded whatever the slide's size. Each window is cut from the span exactly
 as :meth:`Slide.read_region` would read it (same level, rounding and
 ``INTER_AREA`` shrink), so the pixels equal per-window reads.
@@ -74,7 +75,8 @@ BACKENDS = ("auto", "openslide", "tiffslide")
 # Tissue for the weak-set filter at 16 µm/px (the coarse end of 8-16): a 512 px window at
 # 2.0 µm/px is still 64 x 64 mask px, and the mask work is a quarter of that at 8 µm/px.
 TISSUE_MPP = 16.0
-SPAN_WINDOWS = 16  # windows per read: tiles decoded once, a span of ×40 windows stays < 100 MB
+SPAN_WINDOWS = 16  # windows per read, so that tiles shared by neighbours are decoded once
+SPAN_BYTES = 64 * 2**20  # level pixels per read: bounds memory when a plan shrinks a lot
 
 
 @dataclass(frozen=True)
@@ -433,7 +435,8 @@ def _read_ahead(
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Spans and their patches, in order; with ``threads > 1`` the next spans are
     read on that many threads meanwhile (decoding releases the GIL)."""
-    spans = _spans(origins, extent)
+    level_px = config.patch_size * max(1.0, plan.resample_scale)
+    spans = _spans(origins, extent, max(1, min(SPAN_WINDOWS, int(SPAN_BYTES // (3 * level_px**2)))))
     if config.threads <= 1:
         for span in spans:
             yield span, read_windows(slide, origins[span], config.patch_size, plan)
