@@ -176,7 +176,7 @@ def _row(study: str, condition: str, records: Sequence[Mapping[str, Any]]) -> di
         "summary": summary,
         "runs": [
             {
-                k: r[k]
+                k: r.get(k)
                 for k in (
                     "seed",
                     "weak_run",
@@ -185,6 +185,9 @@ def _row(study: str, condition: str, records: Sequence[Mapping[str, Any]]) -> di
                     "n_mined",
                     "weak_test_fp",
                     "strong_test_fp",
+                    "holdout_n",
+                    "holdout_fp_weak",
+                    "holdout_fp_strong",
                 )
             }
             for r in records

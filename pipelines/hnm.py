@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.report import read_test_rows, seeds_markdown, summarize_runs, table2_markdown
+from pipelines.report import format_mean_sd, read_test_rows, seeds_markdown, summarize_runs, table2_markdown
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
 from wsi_tools.train.config import TrainConfig, load_config
@@ -60,6 +60,9 @@ class HnmConfig:
     store: str | None = None
     out: str | None = None
     figures: FigureConfig = field(default_factory=FigureConfig)
+    # weak slides kept out of mining and scored by both models at the end (an
+    # all-negative set rich in mimics); 0 = none
+    weak_holdout: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,10 +72,11 @@ class HnmConfig:
             "train": self.train.to_dict(),
             "mining": dataclasses.asdict(self.mining),
             "figures": dataclasses.asdict(self.figures),
+            "weak_holdout": self.weak_holdout,
         }
 
 
-TOP_KEYS = ("store", "out", "seeds", "train_config", "train", "mining", "figures")
+TOP_KEYS = ("store", "out", "seeds", "train_config", "train", "mining", "figures", "weak_holdout")
 
 
 def _section(mapping: Mapping[str, Any], cls: type, source: str, name: str) -> Any:
@@ -104,6 +108,9 @@ def parse_hnm_config(mapping: Mapping[str, Any], source: str, base_dir: Path) ->
         seeds = list(range(seeds))
     if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of non-negative integers (or a count)")
+    weak_holdout = mapping.get("weak_holdout", 0)
+    if not isinstance(weak_holdout, int) or weak_holdout < 0:
+        raise ConfigError(f"{source}: 'weak_holdout' must be a number of weak slides (0 or more)")
     return HnmConfig(
         train=train,
         mining=_section(mining_mapping, MiningConfig, source, "mining"),
@@ -111,6 +118,7 @@ def parse_hnm_config(mapping: Mapping[str, Any], source: str, base_dir: Path) ->
         store=mapping.get("store"),
         out=mapping.get("out"),
         figures=_section(dict(mapping.get("figures") or {}), FigureConfig, source, "figures"),
+        weak_holdout=weak_holdout,
     )
 
 
@@ -212,6 +220,8 @@ def run_seed(
     log(f"seed {seed}: step 1/4, weak model -> {seed_dir / 'weak'}")
     weak = train_model(recipe, store, seed_dir / "weak")
     weak_seconds = time.perf_counter() - started
+    holdout = choose_weak_holdout(store, weak.splits, config.weak_holdout, seed)
+    holdout_weak_probs = score_refs(weak.best_checkpoint, store, holdout, recipe) if holdout else None
     records = []
     variants = mining_variants or {"": config.mining}
     for name, mining_config in variants.items():
@@ -224,6 +234,7 @@ def run_seed(
             seed_dir / f"mining{suffix}",
             mining_config,
             cache_dir=seed_dir / "cache",
+            exclude_slides=sorted({ref[0] for ref in holdout}),
         )
         log(
             f"seed {seed}: {len(mining.false_positives.table)} false positive(s) among "
@@ -253,6 +264,7 @@ def run_seed(
             "n_mined": len(mining.mined),
             "weak_pool": mining.weak_pool_size,
             **counts,
+            **holdout_counts(holdout, holdout_weak_probs, strong.best_checkpoint, store, recipe),
             "weak": metric_summary(weak.metrics),
             "strong": metric_summary(strong.metrics),
             "seconds": {
@@ -271,10 +283,63 @@ def run_seed(
     return records
 
 
+def choose_weak_holdout(store: Path, splits: Mapping[str, str], count: int, seed: int) -> list[Any]:
+    """Patches of ``count`` seeded weak slides (never one of the splits) kept out of mining."""
+    if count <= 0:
+        return []
+    import numpy as np
+
+    from wsi_tools.train.data import open_store, select_patches
+
+    opened = open_store(store)
+    weak_slides = sorted(
+        s for s in opened.slide_ids() if opened.slide_attrs(s).get("set") == "weak" and s not in splits
+    )
+    if len(weak_slides) <= count:
+        raise ConfigError(
+            f"weak_holdout {count}: the store has {len(weak_slides)} weak slide(s); keep at least one for mining"
+        )
+    chosen = np.random.default_rng([seed, 4242]).choice(len(weak_slides), count, replace=False)
+    return select_patches(opened, [weak_slides[i] for i in sorted(chosen)]).refs
+
+
+def score_refs(checkpoint: Path, store: Path, refs: Sequence[Any], recipe: TrainConfig) -> Any:
+    from wsi_tools.train.trainer import load_model, predict
+
+    model, _ = load_model(checkpoint)
+    return predict(model, store, refs, recipe.batch_size, recipe.device)
+
+
+def holdout_counts(
+    holdout: Sequence[Any], weak_probs: Any, strong_checkpoint: Path, store: Path, recipe: TrainConfig
+) -> dict[str, Any]:
+    """False positives of both models on the held-out weak slides (every patch is negative)."""
+    if not holdout:
+        return {"holdout_n": 0, "holdout_fp_weak": None, "holdout_fp_strong": None}
+    strong_probs = score_refs(strong_checkpoint, store, holdout, recipe)
+    return {
+        "holdout_slides": sorted({ref[0] for ref in holdout}),
+        "holdout_n": len(holdout),
+        "holdout_fp_weak": int((weak_probs >= recipe.threshold).sum()),
+        "holdout_fp_strong": int((strong_probs >= recipe.threshold).sum()),
+    }
+
+
 def assert_no_mined_in_val_or_test(refs: Sequence[Any], splits: Mapping[str, str]) -> None:
     held_out = {slide for slide, split in splits.items() if split in ("val", "test")}
     leaked = sorted({str(ref[0]) for ref in refs} & held_out)
     assert not leaked, f"mined patches from validation/test slides: {leaked[:5]}"
+
+
+def holdout_markdown(summary: Mapping[str, Any]) -> str:
+    counts = summary["counts"]
+    if not counts["holdout_n"]["mean"]:
+        return ""
+    return (
+        f"Held-out weak slides (never mined; {counts['holdout_n']['mean']:.0f} patches per seed, all negative): "
+        f"false positives weak {format_mean_sd(counts['holdout_fp_weak'], 1)}, "
+        f"strong {format_mean_sd(counts['holdout_fp_strong'], 1)}.\n"
+    )
 
 
 def write_report(records: Sequence[Mapping[str, Any]], config: HnmConfig, out: Path, seconds: float) -> dict:
@@ -299,6 +364,7 @@ def write_report(records: Sequence[Mapping[str, Any]], config: HnmConfig, out: P
         "",
         table2_markdown(summary),
         "",
+        holdout_markdown(summary),
         "### Per seed",
         "",
         seeds_markdown(records),

@@ -63,9 +63,13 @@ def tsne_figure(
     return figures.plot_tsne(embeddings, categories[rows], path, max_points=len(rows))
 
 
-def gradcam_figure(store: Any, weak: Any, strong: Any, recipe: Any, figure_config: Any, path: Path) -> Path:
-    """Test-split false positives and true positives of the weak model, with the
-    Grad-CAM of both models (a picture only: the test split never feeds training)."""
+def gradcam_figure(
+    store: Any, weak: Any, strong: Any, mining: Any, recipe: Any, figure_config: Any, path: Path
+) -> Path:
+    """False positives and true positives of the weak model with the Grad-CAM
+    of both models: test-split false positives first, topped up with the
+    training false positives that were mined from, then test true positives
+    (a picture only: the test split never feeds training)."""
     import torch
 
     from pipelines.report import read_test_rows
@@ -74,10 +78,25 @@ def gradcam_figure(store: Any, weak: Any, strong: Any, recipe: Any, figure_confi
 
     rows = read_test_rows(weak.run_dir)
     threshold = recipe.threshold
-    false_pos = sorted((r for r in rows if r[3] == 0 and r[4] >= threshold), key=lambda r: -r[4])
-    true_pos = sorted((r for r in rows if r[3] == 1 and r[4] >= threshold), key=lambda r: -r[4])
     n = figure_config.gradcam_patches
-    picked = [("test FP", r) for r in false_pos[:n]] + [("test TP", r) for r in true_pos[:n]]
+    false_pos = sorted((r for r in rows if r[3] == 0 and r[4] >= threshold), key=lambda r: -r[4])[:n]
+    true_pos = sorted((r for r in rows if r[3] == 1 and r[4] >= threshold), key=lambda r: -r[4])[:n]
+    fps = mining.false_positives
+    train_fp = [
+        (
+            str(fps.table.slide_ids[q]),
+            int(fps.table.coords[q, 0]),
+            int(fps.table.coords[q, 1]),
+            0,
+            float(fps.probs[q]),
+        )
+        for q in np.argsort(-fps.probs)[: n - len(false_pos)]
+    ]
+    picked = (
+        [("test FP", r) for r in false_pos]
+        + [("train FP", r) for r in train_fp]
+        + [("test TP", r) for r in true_pos]
+    )
     lookups: dict[str, dict[tuple[int, int], int]] = {}
     refs = [(r[0], _coords_lookup(store, r[0], lookups)[(r[1], r[2])]) for _, r in picked]
     images = _images(store, refs)
@@ -117,7 +136,9 @@ def seed_figures(
             )
         ),
         "gradcam": str(
-            gradcam_figure(store, weak, strong, recipe, figure_config, out_dir / f"gradcam{suffix}.png")
+            gradcam_figure(
+                store, weak, strong, mining, recipe, figure_config, out_dir / f"gradcam{suffix}.png"
+            )
         ),
         "mined_gallery": str(
             gallery_figure(store, mining, figure_config, metric, out_dir / f"mined_gallery{suffix}.png")

@@ -65,7 +65,15 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         }
     counts = {
         key: mean_sd([run.get(key) for run in runs])
-        for key in ("n_false_positives", "n_mined", "weak_test_fp", "strong_test_fp")
+        for key in (
+            "n_false_positives",
+            "n_mined",
+            "weak_test_fp",
+            "strong_test_fp",
+            "holdout_n",
+            "holdout_fp_weak",
+            "holdout_fp_strong",
+        )
     }
     return {"metrics": table, "counts": counts, "n_seeds": len(runs)}
 
@@ -91,17 +99,24 @@ def table2_markdown(summary: Mapping[str, Any], title: str = "Weak vs strong (te
 def seeds_markdown(runs: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         "| Seed | #FPs (weak, training split) | #mined | Test FPs weak | Test FPs strong | "
-        "Specificity weak | Specificity strong |",
-        "|---|---|---|---|---|---|---|",
+        "Specificity weak | Specificity strong | Held-out weak-slide FPs weak | … strong |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         weak_spec = metric_value(run["weak"], "specificity")
         strong_spec = metric_value(run["strong"], "specificity")
         lines.append(
             f"| {run['seed']} | {run['n_false_positives']} | {run['n_mined']} | {run['weak_test_fp']} | "
-            f"{run['strong_test_fp']} | {_fmt(weak_spec)} | {_fmt(strong_spec)} |"
+            f"{run['strong_test_fp']} | {_fmt(weak_spec)} | {_fmt(strong_spec)} | "
+            f"{_holdout(run, 'holdout_fp_weak')} | {_holdout(run, 'holdout_fp_strong')} |"
         )
     return "\n".join(lines)
+
+
+def _holdout(run: Mapping[str, Any], key: str) -> str:
+    if not run.get("holdout_n"):
+        return "–"
+    return f"{run[key]}/{run['holdout_n']}"
 
 
 def _fmt(value: float | None) -> str:

@@ -27,6 +27,8 @@ TINY = {
     # threshold 0: every training negative is a false positive, so mining always has work
     "mining": {"alpha": 3, "threshold": 0.0, "progress": False},
     "figures": {"tsne_points": 60, "gradcam_patches": 2, "gallery_queries": 2, "gallery_hits": 3},
+    # one of the two weak slides is never mined and is scored by both models at the end
+    "weak_holdout": 1,
 }
 
 
@@ -93,8 +95,12 @@ def test_mined_patches_go_to_training_only_and_come_from_the_weak_set(pipeline_r
     mined = _rows(out / "seed_0" / "mining" / "mined.csv")
     extra = {(s, int(i)) for s, i in strong["extra_train_negatives"]}
     assert mined and len(extra) == len(mined)
+    report = json.loads((out / "report.json").read_text())
+    held_out_weak = set(report["runs"][0]["holdout_slides"])
+    assert len(held_out_weak) == 1 and report["runs"][0]["holdout_n"] == 30
     for row in mined:
         assert store.slide_attrs(row["slide_id"])["set"] == "weak"
+        assert row["slide_id"] not in held_out_weak
         assert row["slide_id"] not in held_out and row["query_slide_id"] not in held_out
         assert strong["splits"][row["query_slide_id"]] == "train"
         index = int(
@@ -137,7 +143,7 @@ def test_compare_test_rows_refuses_different_test_sets(tmp_path):
 
 
 def test_mine_cli_runs_steps_2_and_3(pipeline_run, tmp_path, capsys):
-    store, out, _ = pipeline_run
+    store, out, report = pipeline_run
     code = main(
         [
             "mine",
@@ -152,6 +158,7 @@ def test_mine_cli_runs_steps_2_and_3(pipeline_run, tmp_path, capsys):
             "--threshold",
             "0",
             "--no-progress",
+            *[arg for slide in report["runs"][0]["holdout_slides"] for arg in ("--exclude-slide", slide)],
         ]
     )
     assert code == 0

@@ -108,7 +108,9 @@ def grad_cam(
 ) -> np.ndarray:
     """Grad-CAM maps (B, h, w) in [0, 1] for the positive logit of a
     single-logit model, from forward/backward hooks on ``target_layer``
-    (default ``model.backbone.layer4``). ``batch`` is the normalised input."""
+    (default ``model.backbone.layer4``: 7 x 7 at a 224 px input, 2 x 2 at
+    64 px). ``batch`` is the normalised input. An image whose map is flat
+    (no positive evidence anywhere) gets zeros."""
     import torch
 
     layer = target_layer if target_layer is not None else model.backbone.layer4
@@ -136,8 +138,10 @@ def grad_cam(
     activation, gradient = saved["activation"].detach(), saved["gradient"].detach()
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # one weight per channel
     cam = torch.relu((weights * activation).sum(dim=1))
-    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
-    return (cam / peak).float().cpu().numpy()
+    # Min-max per image, as usual for Grad-CAM: the map shows where, not how much.
+    low = cam.flatten(1).amin(dim=1)[:, None, None]
+    high = cam.flatten(1).amax(dim=1)[:, None, None]
+    return ((cam - low) / (high - low).clamp_min(1e-12)).float().cpu().numpy()
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

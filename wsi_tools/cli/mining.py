@@ -101,6 +101,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="torch",
         help="exact kNN backend; faiss needs faiss installed (default torch)",
     )
+    mine.add_argument(
+        "--exclude-slide",
+        action="append",
+        default=[],
+        metavar="SLIDE_ID",
+        help="a weak slide to keep out of the mining pool, e.g. one held out for evaluation (repeatable; default none)",
+    )
     mine.add_argument("--batch-size", type=int, default=128, help="patches per batch (default 128)")
     mine.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
     mine.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -191,7 +198,7 @@ def run_mine(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    result = run_mining(args.checkpoint, args.store, args.out, config)
+    result = run_mining(args.checkpoint, args.store, args.out, config, exclude_slides=args.exclude_slide)
     fps = result.false_positives
     print(
         f"{len(fps.table)} false positive(s) among {fps.n_candidates} {args.fp_source} negatives "

@@ -138,12 +138,16 @@ def find_false_positives(
     return FalsePositives(table, probs[hit], features, n_candidates=len(candidates))
 
 
-def weak_pool_table(store: Any, splits: Mapping[str, str]) -> PatchTable:
-    """Every weak-set patch that may be mined: never from a validation or test slide."""
+def weak_pool_table(store: Any, splits: Mapping[str, str], exclude_slides: Iterable[str] = ()) -> PatchTable:
+    """Every weak-set patch that may be mined: never from a validation or test
+    slide, nor from ``exclude_slides`` (weak slides held out for evaluation)."""
+    excluded = set(exclude_slides)
     slides = [
         slide
         for slide in store.slide_ids()
-        if store.slide_attrs(slide).get("set") == "weak" and splits.get(slide) not in ("val", "test")
+        if store.slide_attrs(slide).get("set") == "weak"
+        and splits.get(slide) not in ("val", "test")
+        and slide not in excluded
     ]
     return select_patches(store, slides)
 
@@ -274,11 +278,13 @@ def run_mining(
     config: MiningConfig = MiningConfig(),
     *,
     cache_dir: str | Path | None = None,
+    exclude_slides: Iterable[str] = (),
 ) -> MiningResult:
     """Steps 2-3 for a trained weak model: false positives of its own splits,
     their ``alpha`` nearest weak patches, ``mined.csv`` and
     ``false_positives.csv`` in ``out_dir``. Weak-set features are cached under
-    ``cache_dir`` (default ``out_dir``)."""
+    ``cache_dir`` (default ``out_dir``). ``exclude_slides`` are weak slides
+    kept out of the pool (held out for evaluation)."""
     from wsi_tools.mining.embeddings import cache_key, cached_features, file_digest
     from wsi_tools.train.data import open_store
     from wsi_tools.train.trainer import load_model, read_checkpoint
@@ -300,7 +306,7 @@ def run_mining(
         store, splits, config.fp_source, sets=train_config.train_sets, training=training
     )
     false_positives = find_false_positives(model, store_path, candidates, config)
-    pool = weak_pool_table(store, splits)
+    pool = weak_pool_table(store, splits, exclude_slides)
     if not len(pool):
         raise ConfigError(f"{store_path}: no weak-set slides to mine; extract some with --set weak first")
     key = cache_key(file_digest(checkpoint), store.fingerprint(), int(model.input_size))
