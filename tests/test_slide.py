@@ -352,3 +352,29 @@ def test_threads_share_one_slide(slide_x40: Path, backend: str) -> None:
             threaded = list(pool.map(lambda origin: slide.read(*origin, 96, target_mpp=1.0)[0], origins))
     for a, b in zip(serial, threaded, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", [CMU, TCGA])
+def test_direct_tile_reads_equal_tiffslide_reads(real_data: Path, name: str) -> None:
+    """The tiffslide backend decodes tiles itself; every box (inside, across
+    and beyond the edges, both TCGA levels) equals tiffslide's own read_region."""
+    fast = open_slide(real_data / name, backend="tiffslide", mpp=0.5)
+    plain = open_slide(real_data / name, backend="tiffslide", mpp=0.5)
+    plain._handle()._tiles = None  # the tiffslide read path
+    rng = np.random.default_rng(7)
+    with fast, plain:
+        assert fast._handle()._tiles is not None and fast._handle()._tiles.handles(0)
+        for level in range(fast.level_count):
+            width, height = fast.level_dimensions[level]
+            downsample = fast.level_downsamples[level]
+            for _ in range(12):
+                x, y = (int(rng.integers(-200, extent * downsample)) for extent in (width, height))
+                size = (int(rng.integers(1, 600)), int(rng.integers(1, 600)))
+                a, b = fast.read_level(level, x, y, *size), plain.read_level(level, x, y, *size)
+                assert a.shape == (size[1], size[0], 3) and a.dtype == np.uint8 and a.flags.c_contiguous
+                np.testing.assert_array_equal(a, b)
+        # A whole level in one read equals tifffile's independent decode of that level.
+        level = fast.level_count - 1
+        np.testing.assert_array_equal(
+            fast.read_level(level, 0, 0, *fast.level_dimensions[level]), stored_level(real_data / name, level)
+        )

@@ -45,7 +45,7 @@ ANISOTROPY_RTOL = 0.02  # x and y mpp differing more than this make square patch
 FINGERPRINT_CHUNK = 4 * 2**20
 WHITE = 255
 PIXEL_CHECK_MAX = 2**20  # check_readable decodes a whole level up to this size
-THUMBNAIL_BAND_PIXELS = 64 * 2**20  # level pixels decoded at once while building a thumbnail
+THUMBNAIL_BAND_PIXELS = 16 * 2**20  # level pixels decoded at once while building a thumbnail
 
 MPP_FIX = "pass the level-0 resolution with --slide-mpp X on the CLI or mpp=X in the API (µm/px)"
 
@@ -85,6 +85,8 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.shape[2] == 4:
         alpha = pixels[..., 3:4].astype(np.float32) / WHITE
         pixels = np.rint(pixels[..., :3] * alpha + WHITE * (1 - alpha))
+    if pixels.dtype == np.uint8:
+        return pixels[..., :3]  # already RGB uint8: no clip, no copy
     return np.clip(pixels[..., :3], 0, WHITE).astype(np.uint8)
 
 
@@ -120,6 +122,76 @@ class _OpenSlideReader(_Reader):
         self._slide.close()
 
 
+class _TileDecoder:
+    """Tiled RGB levels decoded tile by tile straight from the file.
+
+    tiffslide reads through a zarr store (a chunk pipeline, an event loop and
+    copies per tile); this reads each tile's bytes with ``os.pread`` (no shared
+    file position, so threads can read at once) and decodes it with the very
+    function tiffslide's store uses (``TiffPage.decode``), into one buffer.
+    The pixels are therefore identical. Levels that are not plain tiled
+    8-bit RGB (strips, planar, 4 samples, ...) are left to tiffslide (None).
+    """
+
+    def __init__(self, path: Path, slide: Any, level_dimensions: tuple[tuple[int, int], ...]) -> None:
+        series = slide.ts_tifffile.series[int(slide.properties.get("tiffslide.series-index") or 0)]
+        self.levels: list[Any | None] = []
+        if series.axes == "YXS":
+            for level, dimensions in zip(series.levels, level_dimensions, strict=False):
+                self.levels.append(self._usable(level, dimensions))
+        self._decoders = [None if page is None else page.decode for page in self.levels]
+        self._fd: int | None = os.open(path, os.O_RDONLY) if any(self.levels) else None
+
+    @staticmethod
+    def _usable(level: Any, dimensions: tuple[int, int]) -> Any | None:
+        if len(level.pages) != 1:
+            return None
+        page = level.keyframe
+        plain = (
+            page.is_tiled
+            and page.tiledepth == 1
+            and page.imagedepth == 1
+            and page.planarconfig == 1  # contiguous samples
+            and page.samplesperpixel == 3
+            and page.bitspersample == 8
+            and page.dtype == np.uint8
+            and (page.imagewidth, page.imagelength) == tuple(dimensions)
+        )
+        return page if plain else None
+
+    def handles(self, level: int) -> bool:
+        return self._fd is not None and level < len(self.levels) and self.levels[level] is not None
+
+    def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
+        """Pixels of an in-bounds box of ``level`` (level px)."""
+        page, decode, fd = self.levels[level], self._decoders[level], self._fd
+        assert page is not None and decode is not None and fd is not None
+        tile_width, tile_height = page.tilewidth, page.tilelength
+        tiles_across = -(-page.imagewidth // tile_width)
+        offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
+        out = np.empty((height, width, 3), np.uint8)
+        for ty in range(ly // tile_height, (ly + height - 1) // tile_height + 1):
+            top = ty * tile_height
+            rows = slice(max(ly, top), min(ly + height, top + tile_height))
+            for tx in range(lx // tile_width, (lx + width - 1) // tile_width + 1):
+                left = tx * tile_width
+                cols = slice(max(lx, left), min(lx + width, left + tile_width))
+                index = ty * tiles_across + tx
+                data = os.pread(fd, counts[index], offsets[index]) if counts[index] else None
+                tile = decode(data, index, jpegtables=tables)[0]
+                if tile is None:
+                    raise ValueError(f"tile {index} of level {level} did not decode")
+                out[rows.start - ly : rows.stop - ly, cols.start - lx : cols.stop - lx] = tile.reshape(
+                    tile_height, tile_width, 3
+                )[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+        return out
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class _TiffSlideReader(_Reader):
     name = "tiffslide"
 
@@ -130,6 +202,10 @@ class _TiffSlideReader(_Reader):
         self.level_dimensions = tuple(tuple(map(int, d)) for d in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.properties = {str(k): str(v) for k, v in self._slide.properties.items() if v is not None}
+        try:
+            self._tiles: _TileDecoder | None = _TileDecoder(path, self._slide, self.level_dimensions)
+        except Exception:  # an unusual layout: tiffslide reads it
+            self._tiles = None
 
     def _location(self, lx: int, downsample: float) -> int:
         # tiffslide maps a level-0 location to int(location / downsample): find
@@ -144,9 +220,15 @@ class _TiffSlideReader(_Reader):
     def _read_whole_pixels(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
         """Level pixels [lx, lx + width) x [ly, ly + height), white beyond the level."""
         level_width, level_height = self.level_dimensions[level]
-        out = np.full((height, width, 3), WHITE, np.uint8)
         x1, y1 = min(lx + width, level_width), min(ly + height, level_height)
+        inside = lx >= 0 and ly >= 0 and x1 == lx + width and y1 == ly + height
+        if inside and self._tiles is not None and self._tiles.handles(level):
+            return self._tiles.read(level, lx, ly, width, height)
+        out = np.full((height, width, 3), WHITE, np.uint8)
         if x1 <= lx or y1 <= ly:
+            return out
+        if self._tiles is not None and self._tiles.handles(level) and lx >= 0 and ly >= 0:
+            out[: y1 - ly, : x1 - lx] = self._tiles.read(level, lx, ly, x1 - lx, y1 - ly)
             return out
         downsample = self.level_downsamples[level]
         location = (self._location(lx, downsample), self._location(ly, downsample))
@@ -167,6 +249,8 @@ class _TiffSlideReader(_Reader):
         return _bilinear_shift(block, pos_x - x0, pos_y - y0)
 
     def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
         self._slide.close()
 
 
@@ -464,14 +548,15 @@ class Slide:
         downsample = self.level_downsamples[level]
         level_width, level_height = self.level_dimensions[level]
         lx, ly = int(round(x / downsample)), int(round(y / downsample))
-        out = np.full((height, width, 3), WHITE, np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + width, level_width), min(ly + height, level_height)
         if x1 <= x0 or y1 <= y0:
-            return out
+            return np.full((height, width, 3), WHITE, np.uint8)
         reader = self._handle()
         try:
             pixels = reader.read(level, x0, y0, x1 - x0, y1 - y0)
+            if (x0, y0, x1, y1) == (lx, ly, lx + width, ly + height):
+                return np.ascontiguousarray(pixels)  # wholly inside: no white canvas needed
         except MemoryError:
             raise
         except Exception as error:
@@ -482,6 +567,7 @@ class Slide:
                 f"({self.backend}: {type(error).__name__}: {error}); the file is damaged there, "
                 "skip this region or re-export the slide"
             ) from error
+        out = np.full((height, width, 3), WHITE, np.uint8)
         out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = pixels
         return out
 

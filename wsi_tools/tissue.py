@@ -140,8 +140,11 @@ class TissueMask:
     _integral: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.float64)
-        integral[1:, 1:] = np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.float64), axis=1)
+        # cv2.integral: the same (H + 1, W + 1) zero-padded table, ~10x faster than two numpy cumsums.
+        if self.mask.size:
+            integral = cv2.integral(self.mask.astype(np.uint8), sdepth=cv2.CV_64F)
+        else:
+            integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.float64)
         object.__setattr__(self, "_integral", integral)
 
     @property
