@@ -378,3 +378,26 @@ def test_direct_tile_reads_equal_tiffslide_reads(real_data: Path, name: str) -> 
         np.testing.assert_array_equal(
             fast.read_level(level, 0, 0, *fast.level_dimensions[level]), stored_level(real_data / name, level)
         )
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+@pytest.mark.parametrize(("name", "level"), [(CMU, 0), (TCGA, 0), (TCGA, 1)])
+def test_read_level_windows_equal_single_reads(real_data: Path, backend: str, name: str, level: int) -> None:
+    """Windows read together (neighbours, a gap, past the right edge) equal
+    read_level of each window, on both backends and at TCGA's 2.0005 level."""
+    with open_slide(real_data / name, backend=backend, mpp=0.5) as slide:
+        downsample = slide.level_downsamples[level]
+        width = slide.level_dimensions[level][0] * downsample
+        for xs, y in (
+            ([100, 400, 700, 1300], 300),
+            ([0, 250], 0),
+            ([int(width) - 500, int(width) - 200], 700),
+        ):
+            windows = slide.read_level_windows(level, xs, y, 300, 260)
+            assert windows.shape == (len(xs), 260, 300, 3)
+            for x, window in zip(xs, windows, strict=True):
+                single = slide.read_level(level, x, y, 300, 260)
+                if downsample == int(downsample):
+                    np.testing.assert_array_equal(window, single)
+                else:  # one covering read is cut: its sub-pixel resampling differs slightly
+                    assert mad(window, single) < 1.0

@@ -298,20 +298,14 @@ def read_windows(slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan) -
     ``round(x / downsample)`` level px, ``round(size * resample_scale)`` level
     px wide, shrunk with INTER_AREA when the plan resamples.
     """
-    downsample = plan.level_downsample
     level_size = size if not plan.resampled else max(1, round(size * plan.resample_scale))
-    level_x = np.round(origins[:, 0] / downsample).astype(np.int64)
-    first_x = int(origins[0, 0])
-    span_x0 = int(round(first_x / downsample))
-    width = int(level_x[-1] - span_x0) + level_size
-    block = slide.read_level(plan.level, first_x, int(origins[0, 1]), width, level_size)
+    xs = [int(x) for x in origins[:, 0]]
+    blocks = slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size)
+    if not plan.resampled:
+        return blocks
     patches = np.empty((len(origins), size, size, 3), np.uint8)
-    for row, lx in enumerate(level_x):
-        piece = block[:, lx - span_x0 : lx - span_x0 + level_size]
-        if plan.resampled:
-            cv2.resize(piece, (size, size), dst=patches[row], interpolation=cv2.INTER_AREA)
-        else:
-            patches[row] = piece
+    for row, block in enumerate(blocks):
+        cv2.resize(block, (size, size), dst=patches[row], interpolation=cv2.INTER_AREA)
     return patches
 
 

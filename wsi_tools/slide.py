@@ -25,6 +25,7 @@ import math
 import os
 import threading
 import warnings as warnings_module
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +65,12 @@ class _Reader:
     def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 pixels of an in-bounds box given in level pixels."""
         raise NotImplementedError
+
+    def read_windows(
+        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int
+    ) -> np.ndarray | None:
+        """Several boxes on one level row at once, or None where the backend has no faster way."""
+        return None
 
     def close(self) -> None:
         raise NotImplementedError
@@ -164,26 +171,36 @@ class _TileDecoder:
 
     def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
         """Pixels of an in-bounds box of ``level`` (level px)."""
+        return self.read_windows(level, [lx], ly, width, height)[0]
+
+    def read_windows(self, level: int, lxs: Sequence[int], ly: int, width: int, height: int) -> np.ndarray:
+        """(k, height, width, 3): in-bounds boxes of ``level`` at level x ``lxs``
+        (ascending), all at level y ``ly``; a tile shared by boxes is decoded once."""
         page, decode, fd = self.levels[level], self._decoders[level], self._fd
         assert page is not None and decode is not None and fd is not None
         tile_width, tile_height = page.tilewidth, page.tilelength
         tiles_across = -(-page.imagewidth // tile_width)
         offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
-        out = np.empty((height, width, 3), np.uint8)
+        out = np.empty((len(lxs), height, width, 3), np.uint8)
         for ty in range(ly // tile_height, (ly + height - 1) // tile_height + 1):
             top = ty * tile_height
-            rows = slice(max(ly, top), min(ly + height, top + tile_height))
-            for tx in range(lx // tile_width, (lx + width - 1) // tile_width + 1):
+            row0, row1 = max(ly, top), min(ly + height, top + tile_height)
+            for tx in range(lxs[0] // tile_width, (lxs[-1] + width - 1) // tile_width + 1):
                 left = tx * tile_width
-                cols = slice(max(lx, left), min(lx + width, left + tile_width))
+                boxes = [(k, lx) for k, lx in enumerate(lxs) if lx < left + tile_width and left < lx + width]
+                if not boxes:
+                    continue  # a gap between boxes
                 index = ty * tiles_across + tx
                 data = os.pread(fd, counts[index], offsets[index]) if counts[index] else None
                 tile = decode(data, index, jpegtables=tables)[0]
                 if tile is None:
                     raise ValueError(f"tile {index} of level {level} did not decode")
-                out[rows.start - ly : rows.stop - ly, cols.start - lx : cols.stop - lx] = tile.reshape(
-                    tile_height, tile_width, 3
-                )[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+                tile = tile.reshape(tile_height, tile_width, 3)
+                for k, lx in boxes:
+                    col0, col1 = max(lx, left), min(lx + width, left + tile_width)
+                    out[k, row0 - ly : row1 - ly, col0 - lx : col1 - lx] = tile[
+                        row0 - top : row1 - top, col0 - left : col1 - left
+                    ]
         return out
 
     def close(self) -> None:
@@ -247,6 +264,21 @@ class _TiffSlideReader(_Reader):
         x0, y0 = math.floor(pos_x), math.floor(pos_y)
         block = self._read_whole_pixels(level, x0, y0, width + 1, height + 1)
         return _bilinear_shift(block, pos_x - x0, pos_y - y0)
+
+    def read_windows(
+        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int
+    ) -> np.ndarray | None:
+        """Boxes at whole level pixels, wholly inside the level, straight from
+        the tiles; None when this level or box needs the general path."""
+        if self._tiles is None or not self._tiles.handles(level):
+            return None
+        downsample = self.level_downsamples[level]
+        level_width, level_height = self.level_dimensions[level]
+        exact = all(abs(_level0_location(v, downsample) / downsample - v) < 1e-6 for v in (*lxs, ly))
+        inside = lxs[0] >= 0 and ly >= 0 and lxs[-1] + width <= level_width and ly + height <= level_height
+        if not (exact and inside):
+            return None
+        return self._tiles.read_windows(level, lxs, ly, width, height)
 
     def close(self) -> None:
         if self._tiles is not None:
@@ -552,11 +584,20 @@ class Slide:
         x1, y1 = min(lx + width, level_width), min(ly + height, level_height)
         if x1 <= x0 or y1 <= y0:
             return np.full((height, width, 3), WHITE, np.uint8)
+        with self._reading(level, x, y, width, height) as reader:
+            pixels = reader.read(level, x0, y0, x1 - x0, y1 - y0)
+        if (x0, y0, x1, y1) == (lx, ly, lx + width, ly + height):
+            return np.ascontiguousarray(pixels)  # wholly inside: no white canvas needed
+        out = np.full((height, width, 3), WHITE, np.uint8)
+        out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = pixels
+        return out
+
+    @contextlib.contextmanager
+    def _reading(self, level: int, x: int, y: int, width: int, height: int) -> Iterator[_Reader]:
+        """The backend handle, with its failures turned into SlideReadError."""
         reader = self._handle()
         try:
-            pixels = reader.read(level, x0, y0, x1 - x0, y1 - y0)
-            if (x0, y0, x1, y1) == (lx, ly, lx + width, ly + height):
-                return np.ascontiguousarray(pixels)  # wholly inside: no white canvas needed
+            yield reader
         except MemoryError:
             raise
         except Exception as error:
@@ -567,8 +608,34 @@ class Slide:
                 f"({self.backend}: {type(error).__name__}: {error}); the file is damaged there, "
                 "skip this region or re-export the slide"
             ) from error
-        out = np.full((height, width, 3), WHITE, np.uint8)
-        out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = pixels
+
+    def read_level_windows(
+        self, level: int, xs: Sequence[int], y: int, width: int, height: int
+    ) -> np.ndarray:
+        """``(k, height, width, 3)``: ``read_level(level, x, y, width, height)`` for
+        each level-0 x in ``xs`` (ascending), decoding each tile once.
+
+        Boxes on one row that share tiles (a span of neighbouring windows) are
+        read in one pass; where the backend has no direct tile access, one
+        covering read is cut into the boxes.
+        """
+        if not 0 <= level < self.level_count:
+            raise ConfigError(f"{self.path}: level {level} does not exist (the slide has {self.level_count})")
+        if len(xs) == 0:
+            return np.empty((0, height, width, 3), np.uint8)
+        downsample = self.level_downsamples[level]
+        lxs = [int(round(x / downsample)) for x in xs]
+        ly = int(round(y / downsample))
+        if any(b < a for a, b in zip(lxs, lxs[1:], strict=False)):
+            raise ConfigError(f"{self.path}: window x positions must be ascending")
+        with self._reading(level, int(xs[0]), y, lxs[-1] - lxs[0] + width, height) as reader:
+            direct = reader.read_windows(level, lxs, ly, int(width), int(height))
+        if direct is not None:
+            return direct
+        block = self.read_level(level, int(xs[0]), y, lxs[-1] - lxs[0] + width, height)
+        out = np.empty((len(lxs), height, width, 3), np.uint8)
+        for k, lx in enumerate(lxs):
+            out[k] = block[:, lx - lxs[0] : lx - lxs[0] + width]
         return out
 
     def read_region(

@@ -17,6 +17,7 @@ image that gives the tissue fraction of any level-0 box in O(1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import cv2
@@ -45,7 +46,10 @@ def _odd_kernel(size_um: float, mpp: float) -> int:
 
 def saturation_threshold(rgb: np.ndarray) -> float:
     """Otsu on HSV saturation, floored at MIN_SATURATION."""
-    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    return _otsu_floored(np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]))
+
+
+def _otsu_floored(saturation: np.ndarray) -> float:
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return max(float(otsu), float(MIN_SATURATION))
 
@@ -58,7 +62,7 @@ def tissue_mask_from_rgb(
 ) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of an RGB image at ``mpp`` µm/px, and the threshold used."""
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    threshold = saturation_threshold(rgb)
+    threshold = _otsu_floored(np.ascontiguousarray(hsv[..., 1]))
     mask = ((hsv[..., 1] > threshold) & (hsv[..., 2] >= MIN_VALUE)).astype(np.uint8) * 255
     mask = cv2.medianBlur(mask, _odd_kernel(MEDIAN_UM, mpp))
     close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd_kernel(CLOSE_UM, mpp),) * 2)
@@ -130,11 +134,12 @@ def mask_to_polygon(mask: np.ndarray, downsample: float) -> BaseGeometry:
 @dataclass(frozen=True, eq=False)
 class TissueMask:
     """Where the tissue is. ``mask[r, c]`` covers level-0 pixels from
-    ``(c * downsample, r * downsample)``; ``mpp`` is µm per mask pixel."""
+    ``(c * downsample, r * downsample)``; ``mpp`` is µm per mask pixel.
+    ``polygon`` (level-0 outlines) is traced on first use: the weak-set filter
+    needs only the fractions, and tracing costs as much as the Otsu steps."""
 
     mask: np.ndarray
     downsample: float
-    polygon: BaseGeometry
     mpp: float | None = None
     threshold: float | None = None
     _integral: np.ndarray = field(init=False, repr=False)
@@ -146,6 +151,11 @@ class TissueMask:
         else:
             integral = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.float64)
         object.__setattr__(self, "_integral", integral)
+
+    @cached_property
+    def polygon(self) -> BaseGeometry:
+        """Level-0 (Multi)Polygon of the mask (empty Polygon when there is no tissue)."""
+        return mask_to_polygon(self.mask, self.downsample)
 
     @property
     def tissue_pixels(self) -> int:
@@ -219,7 +229,6 @@ def detect_tissue(
     return TissueMask(
         mask=mask,
         downsample=downsample,
-        polygon=mask_to_polygon(mask, downsample),
         mpp=mask_mpp,
         threshold=threshold,
     )
