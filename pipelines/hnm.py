@@ -264,7 +264,14 @@ def run_seed(
             "n_mined": len(mining.mined),
             "weak_pool": mining.weak_pool_size,
             **counts,
-            **holdout_counts(holdout, holdout_weak_probs, strong.best_checkpoint, store, recipe),
+            **holdout_counts(
+                holdout,
+                holdout_weak_probs,
+                strong.best_checkpoint,
+                store,
+                recipe,
+                seed_dir / f"holdout_predictions{suffix}.csv",
+            ),
             "weak": metric_summary(weak.metrics),
             "strong": metric_summary(strong.metrics),
             "seconds": {
@@ -311,12 +318,27 @@ def score_refs(checkpoint: Path, store: Path, refs: Sequence[Any], recipe: Train
 
 
 def holdout_counts(
-    holdout: Sequence[Any], weak_probs: Any, strong_checkpoint: Path, store: Path, recipe: TrainConfig
+    holdout: Sequence[Any],
+    weak_probs: Any,
+    strong_checkpoint: Path,
+    store: Path,
+    recipe: TrainConfig,
+    csv_path: Path,
 ) -> dict[str, Any]:
-    """False positives of both models on the held-out weak slides (every patch is negative)."""
+    """False positives of both models on the held-out weak slides (every patch is
+    negative); both models' scores go to ``csv_path``."""
     if not holdout:
         return {"holdout_n": 0, "holdout_fp_weak": None, "holdout_fp_strong": None}
+    from wsi_tools.train.data import open_store, table_from_refs
+
     strong_probs = score_refs(strong_checkpoint, store, holdout, recipe)
+    table = table_from_refs(open_store(store), holdout)
+    with csv_path.open("w") as handle:
+        handle.write("slide_id,index,x,y,prob_weak,prob_strong\n")
+        for (slide_id, index), (x, y), p_weak, p_strong in zip(
+            holdout, table.coords, weak_probs, strong_probs, strict=True
+        ):
+            handle.write(f"{slide_id},{index},{x},{y},{p_weak:.6g},{p_strong:.6g}\n")
     return {
         "holdout_slides": sorted({ref[0] for ref in holdout}),
         "holdout_n": len(holdout),
