@@ -148,28 +148,49 @@ class PatchReader:
             self._indexes[shard] = index
         return index
 
-    def chunk_bytes(self, i: int) -> bytes:
+    def _locate(self, i: int) -> tuple[int, int, int]:
+        """(shard, offset, nbytes) of patch ``i``'s chunk."""
         if not 0 <= i < self.n_patches:
             raise IndexError(f"patch {i} out of range 0..{self.n_patches - 1}")
         shard, position = divmod(int(i), self.patches_per_shard)
         offset, nbytes = (int(v) for v in self._index(shard)[position])
         if offset == int(patch_codec.EMPTY):
             raise StoreError(f"patch {i} of {self.array_dir} was never written; re-extract the slide")
+        return shard, offset, nbytes
+
+    def chunk_bytes(self, i: int) -> bytes:
+        shard, offset, nbytes = self._locate(i)
         with open(patch_codec.shard_path(self.array_dir, shard), "rb") as handle:
             handle.seek(offset)
             return handle.read(nbytes)
 
-    def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+    def _decode(self, i: int, chunk: bytes, out: np.ndarray | None) -> np.ndarray:
         try:
-            return patch_codec.decode_patch(self.chunk_bytes(i), self.patch_size, out=out)
+            return patch_codec.decode_patch(chunk, self.patch_size, out=out)
         except patch_codec.ChunkError as error:
             raise StoreError(f"patch {i} of {self.array_dir}: {error}; re-extract this slide") from error
 
+    def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self._decode(i, self.chunk_bytes(i), out)
+
     def read_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Patches ``indices`` as (k, P, P, 3); each shard file is opened once
+        per run of indices in it (sorted indices read every shard once)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         batch = np.empty((len(indices), self.patch_size, self.patch_size, 3), np.uint8)
-        for row, i in enumerate(indices):
-            self.read(int(i), out=batch[row])
+        fd, fd_shard = None, -1
+        try:
+            for row, i in enumerate(indices.tolist()):
+                shard, offset, nbytes = self._locate(i)
+                if shard != fd_shard:
+                    if fd is not None:
+                        os.close(fd)
+                        fd = None
+                    fd, fd_shard = os.open(patch_codec.shard_path(self.array_dir, shard), os.O_RDONLY), shard
+                self._decode(i, os.pread(fd, nbytes, offset), batch[row])
+        finally:
+            if fd is not None:
+                os.close(fd)
         return batch
 
 
