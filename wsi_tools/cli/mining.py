@@ -49,7 +49,8 @@ clusters in thin-walled lymphatics; negatives: empty vessels and vessels with
 red cells; weak slides without LI but with mimics: red-cell vessels and glands
 with retraction spaces), extracts them with the batch engine into a patch
 store, runs the four-step pipeline with configs/demo.yaml and prints the
-weak vs strong table. About 5-10 minutes on 2 cores.
+weak vs strong table (plus false positives on 2 held-out weak slides).
+About 4 minutes on 2 idle cores; see docs/mining.md for measured results.
 """
 
 SET_HELP = (
