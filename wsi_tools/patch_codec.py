@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import google_crc32c
@@ -49,6 +50,37 @@ def zarr_image_codecs(zstd_level: int = ZSTD_LEVEL) -> dict[str, object]:
         "serializer": BytesCodec(),
         "compressors": [ZstdCodec(level=zstd_level), Crc32cCodec()],
     }
+
+
+def zarr_image_codecs_json(patch_size: int, zstd_level: int = ZSTD_LEVEL) -> list[dict[str, Any]]:
+    """The ``codecs`` of the images array's zarr.json: sharding with the chain
+    above inside (what zarr-python writes for :func:`zarr_image_codecs`)."""
+    return [
+        {
+            "name": "sharding_indexed",
+            "configuration": {
+                "chunk_shape": [1, patch_size, patch_size, 3],
+                "codecs": [
+                    {"name": "numcodecs.delta", "configuration": {"dtype": "|u1"}},
+                    {"name": "transpose", "configuration": {"order": [0, 3, 1, 2]}},
+                    {"name": "numcodecs.delta", "configuration": {"dtype": "|u1"}},
+                    {"name": "bytes"},
+                    {"name": "zstd", "configuration": {"level": zstd_level, "checksum": False}},
+                    {"name": "crc32c"},
+                ],
+                "index_codecs": [
+                    {"name": "bytes", "configuration": {"endian": "little"}},
+                    {"name": "crc32c"},
+                ],
+                "index_location": "end",
+            },
+        }
+    ]
+
+
+def checksummed(payload: bytes) -> bytes:
+    """``payload`` followed by its crc32c, as zarr's ``crc32c`` codec writes it."""
+    return payload + _checksum(payload)
 
 
 def _checksum(data: bytes | memoryview) -> bytes:
