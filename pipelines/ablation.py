@@ -199,6 +199,9 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], hnm: HnmConfig, seconds
     header = ["Study", "Condition", "#FPs", "#mined"] + [
         METRIC_TITLES[m] + " weak → strong (Δ)" for m in TABLE_METRICS
     ]
+    with_holdout = any(row["summary"]["counts"]["holdout_n"]["mean"] for row in rows)
+    if with_holdout:
+        header.append("Held-out weak-slide FPs weak → strong")
     lines = [
         "# Ablations: weak → strong",
         "",
@@ -222,6 +225,11 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], hnm: HnmConfig, seconds
             delta_text = "n/a" if delta["mean"] is None else f"{delta['mean']:+.1f}%"
             cells.append(
                 f"{format_mean_sd(entry['weak'])} → {format_mean_sd(entry['strong'])} ({delta_text})"
+            )
+        if with_holdout:
+            counts = summary["counts"]
+            cells.append(
+                f"{format_mean_sd(counts['holdout_fp_weak'], 1)} → {format_mean_sd(counts['holdout_fp_strong'], 1)}"
             )
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Total time {seconds / 60:.1f} min.", ""]
