@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -291,6 +292,19 @@ def _spans(origins: np.ndarray, extent: float, max_windows: int = SPAN_WINDOWS) 
             start = i
 
 
+class _Scratch(threading.local):
+    """One reusable level-pixel buffer per reading thread."""
+
+    def get(self, shape: tuple[int, int, int, int]) -> np.ndarray:
+        buffer = getattr(self, "buffer", None)
+        if buffer is None or buffer.shape[1:] != shape[1:] or len(buffer) < shape[0]:
+            buffer = self.buffer = np.empty(shape, np.uint8)
+        return buffer[: shape[0]]
+
+
+_scratch = _Scratch()
+
+
 def read_windows(slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan) -> np.ndarray:
     """(k, size, size, 3) patches of windows on one row, from a single level read.
 
@@ -300,9 +314,12 @@ def read_windows(slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan) -
     """
     level_size = size if not plan.resampled else max(1, round(size * plan.resample_scale))
     xs = [int(x) for x in origins[:, 0]]
-    blocks = slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size)
-    if not plan.resampled:
-        return blocks
+    if not plan.resampled:  # the windows are the patches (handed on to the encoder)
+        return slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size)
+    # Level pixels are shrunk at once: a buffer reused per thread spares the page
+    # faults of a fresh allocation per span (tens of MB at x40).
+    scratch = _scratch.get((len(xs), level_size, level_size, 3))
+    blocks = slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size, out=scratch)
     patches = np.empty((len(origins), size, size, 3), np.uint8)
     for row, block in enumerate(blocks):
         cv2.resize(block, (size, size), dst=patches[row], interpolation=cv2.INTER_AREA)

@@ -67,7 +67,7 @@ class _Reader:
         raise NotImplementedError
 
     def read_windows(
-        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int
+        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int, out: np.ndarray | None = None
     ) -> np.ndarray | None:
         """Several boxes on one level row at once, or None where the backend has no faster way."""
         return None
@@ -173,15 +173,19 @@ class _TileDecoder:
         """Pixels of an in-bounds box of ``level`` (level px)."""
         return self.read_windows(level, [lx], ly, width, height)[0]
 
-    def read_windows(self, level: int, lxs: Sequence[int], ly: int, width: int, height: int) -> np.ndarray:
+    def read_windows(
+        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """(k, height, width, 3): in-bounds boxes of ``level`` at level x ``lxs``
-        (ascending), all at level y ``ly``; a tile shared by boxes is decoded once."""
+        (ascending), all at level y ``ly``, into ``out`` if given; a tile shared
+        by boxes is decoded once."""
         page, decode, fd = self.levels[level], self._decoders[level], self._fd
         assert page is not None and decode is not None and fd is not None
         tile_width, tile_height = page.tilewidth, page.tilelength
         tiles_across = -(-page.imagewidth // tile_width)
         offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
-        out = np.empty((len(lxs), height, width, 3), np.uint8)
+        if out is None:
+            out = np.empty((len(lxs), height, width, 3), np.uint8)
         for ty in range(ly // tile_height, (ly + height - 1) // tile_height + 1):
             top = ty * tile_height
             row0, row1 = max(ly, top), min(ly + height, top + tile_height)
@@ -266,7 +270,7 @@ class _TiffSlideReader(_Reader):
         return _bilinear_shift(block, pos_x - x0, pos_y - y0)
 
     def read_windows(
-        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int
+        self, level: int, lxs: Sequence[int], ly: int, width: int, height: int, out: np.ndarray | None = None
     ) -> np.ndarray | None:
         """Boxes at whole level pixels, wholly inside the level, straight from
         the tiles; None when this level or box needs the general path."""
@@ -278,7 +282,7 @@ class _TiffSlideReader(_Reader):
         inside = lxs[0] >= 0 and ly >= 0 and lxs[-1] + width <= level_width and ly + height <= level_height
         if not (exact and inside):
             return None
-        return self._tiles.read_windows(level, lxs, ly, width, height)
+        return self._tiles.read_windows(level, lxs, ly, width, height, out)
 
     def close(self) -> None:
         if self._tiles is not None:
@@ -610,10 +614,11 @@ class Slide:
             ) from error
 
     def read_level_windows(
-        self, level: int, xs: Sequence[int], y: int, width: int, height: int
+        self, level: int, xs: Sequence[int], y: int, width: int, height: int, out: np.ndarray | None = None
     ) -> np.ndarray:
         """``(k, height, width, 3)``: ``read_level(level, x, y, width, height)`` for
-        each level-0 x in ``xs`` (ascending), decoding each tile once.
+        each level-0 x in ``xs`` (ascending), decoding each tile once; into
+        ``out`` (C-contiguous, that shape, uint8) if given, e.g. a reused buffer.
 
         Boxes on one row that share tiles (a span of neighbouring windows) are
         read in one pass; where the backend has no direct tile access, one
@@ -621,19 +626,23 @@ class Slide:
         """
         if not 0 <= level < self.level_count:
             raise ConfigError(f"{self.path}: level {level} does not exist (the slide has {self.level_count})")
+        shape = (len(xs), int(height), int(width), 3)
+        if out is not None and (out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous):
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}")
         if len(xs) == 0:
-            return np.empty((0, height, width, 3), np.uint8)
+            return np.empty(shape, np.uint8) if out is None else out
         downsample = self.level_downsamples[level]
         lxs = [int(round(x / downsample)) for x in xs]
         ly = int(round(y / downsample))
         if any(b < a for a, b in zip(lxs, lxs[1:], strict=False)):
             raise ConfigError(f"{self.path}: window x positions must be ascending")
         with self._reading(level, int(xs[0]), y, lxs[-1] - lxs[0] + width, height) as reader:
-            direct = reader.read_windows(level, lxs, ly, int(width), int(height))
+            direct = reader.read_windows(level, lxs, ly, int(width), int(height), out)
         if direct is not None:
             return direct
         block = self.read_level(level, int(xs[0]), y, lxs[-1] - lxs[0] + width, height)
-        out = np.empty((len(lxs), height, width, 3), np.uint8)
+        if out is None:
+            out = np.empty(shape, np.uint8)
         for k, lx in enumerate(lxs):
             out[k] = block[:, lx - lxs[0] : lx - lxs[0] + width]
         return out
