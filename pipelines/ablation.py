@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
-from pipelines.hnm import HnmConfig, log, parse_hnm_config, read_yaml, run_seed
+from pipelines.hnm import HnmConfig, log, parse_hnm_config, run_seed
 from pipelines.report import METRIC_TITLES, TABLE_METRICS, format_mean_sd, summarize_runs
+from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
 
@@ -55,7 +56,7 @@ def load_ablation_config(
     this file), ``studies`` (study -> values, or null to skip) and any pipeline
     key (``seeds``, ``train``, ``mining``, ...) overriding the pipeline config."""
     path = Path(path) if path else DEFAULT_CONFIG
-    mapping = read_yaml(path)
+    mapping = read_yaml_mapping(path)
     mapping.update(overrides or {})
     studies_mapping = mapping.pop("studies", None) or {}
     base_name = mapping.pop("pipeline", None)
@@ -63,7 +64,7 @@ def load_ablation_config(
     base_dir = path.parent
     if base_name:
         base_path = path.parent / base_name
-        base = read_yaml(base_path)
+        base = read_yaml_mapping(base_path)
         base_dir = base_path.parent
     for key, value in mapping.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.hnm import HnmConfig, log, parse_hnm_config, read_yaml, run_pipeline
+from pipelines.hnm import HnmConfig, log, parse_hnm_config, run_pipeline
 from wsi_tools.cohort import Cohort, CohortConfig, generate_cohort
+from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -52,7 +53,7 @@ def load_demo_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> DemoConfig:
     path = Path(path) if path else DEFAULT_CONFIG
-    mapping = read_yaml(path)
+    mapping = read_yaml_mapping(path)
     for key, value in (overrides or {}).items():
         if isinstance(value, Mapping) and isinstance(mapping.get(key), Mapping):
             mapping[key] = {**mapping[key], **value}

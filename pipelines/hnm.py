@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from pipelines.report import format_mean_sd, read_test_rows, seeds_markdown, summarize_runs, table2_markdown
+from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
 from wsi_tools.train.config import TrainConfig, load_config
@@ -122,23 +123,10 @@ def parse_hnm_config(mapping: Mapping[str, Any], source: str, base_dir: Path) ->
     )
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
-    return loaded
-
-
 def load_hnm_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> HnmConfig:
     """Read ``configs/hnm.yaml`` (or ``path``), with top-level ``overrides``."""
     path = Path(path) if path else DEFAULT_CONFIG
-    mapping = read_yaml(path)
+    mapping = read_yaml_mapping(path)
     mapping.update(overrides or {})
     return parse_hnm_config(mapping, str(path), path.parent)
 

@@ -17,8 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import mpp_for_magnification
 
@@ -102,14 +101,7 @@ def load_settings(
     settings = default_settings()
     if config_path is not None:
         path = Path(config_path).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"{path}: config not found; pass an existing YAML file to --config")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from error
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of key: value lines")
+        values = read_yaml_mapping(path)
         _apply(settings, values, str(path), path.parent)
     if overrides:
         given = {key: value for key, value in overrides.items() if value is not None}

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -239,16 +240,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
+        loaded = read_yaml_mapping(path)
         mapping.update(loaded)
         # Validate the file on its own first so an error names the file, not the overrides.
         TrainConfig.from_mapping(mapping, source)
