@@ -212,6 +212,12 @@ class _TileDecoder:
         if fd is not None:
             os.close(fd)
 
+    def __del__(self) -> None:
+        # A handle dropped after a read error is never closed explicitly (other
+        # threads may still hold it); its descriptor goes with the last reference.
+        with contextlib.suppress(Exception):
+            self.close()
+
 
 class _TiffSlideReader(_Reader):
     name = "tiffslide"
