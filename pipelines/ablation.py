@@ -29,7 +29,7 @@ import yaml
 
 from pipelines.hnm import HnmConfig, log, parse_hnm_config, run_seed
 from pipelines.report import METRIC_TITLES, TABLE_METRICS, format_mean_sd, summarize_runs
-from wsi_tools.config_file import read_yaml_mapping
+from wsi_tools.config_file import read_yaml_mapping, required_path
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
 
@@ -115,12 +115,10 @@ def run_ablation(
     only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     hnm = config.hnm
-    store = Path(store or hnm.store or "")
-    out = Path(out or hnm.out or "")
-    if not str(store) or str(store) == "." or not store.exists():
-        raise ConfigError(f"{store}: patch store not found; pass --store STORE")
-    if not str(out) or str(out) == ".":
-        raise ConfigError("no output folder given: pass --out DIR (or set out: in the config)")
+    store = required_path(store, hnm.store, flag="--store STORE", key="store", what="store")
+    out = required_path(out, hnm.out, flag="--out DIR", key="out", what="output folder")
+    if not store.exists():
+        raise ConfigError(f"{store}: patch store not found; extract one first (wsi-tools extract / batch)")
     out.mkdir(parents=True, exist_ok=True)
     studies = _conditions(config, only)
     (out / "config.yaml").write_text(

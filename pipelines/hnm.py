@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from pipelines.report import format_mean_sd, read_test_rows, seeds_markdown, summarize_runs, table2_markdown
-from wsi_tools.config_file import read_yaml_mapping
+from wsi_tools.config_file import read_yaml_mapping, required_path
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
 from wsi_tools.train.config import TrainConfig, load_config
@@ -393,12 +393,8 @@ def run_pipeline(
     on_seed: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """All seeds, then ``report.json`` / ``report.md`` in ``out``. Returns the report."""
-    store = Path(store or config.store or "")
-    out = Path(out or config.out or "")
-    if not str(store) or str(store) == ".":
-        raise ConfigError("no store given: pass --store STORE (or set store: in the config)")
-    if not str(out) or str(out) == ".":
-        raise ConfigError("no output folder given: pass --out DIR (or set out: in the config)")
+    store = required_path(store, config.store, flag="--store STORE", key="store", what="store")
+    out = required_path(out, config.out, flag="--out DIR", key="out", what="output folder")
     if not store.exists():
         raise ConfigError(f"{store}: patch store not found; extract one first (wsi-tools extract / batch)")
     out.mkdir(parents=True, exist_ok=True)

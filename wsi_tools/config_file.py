@@ -24,3 +24,14 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the config must be a mapping of key: value lines at the top level")
     return loaded
+
+
+def required_path(
+    given: str | Path | None, configured: str | Path | None, *, flag: str, key: str, what: str
+) -> Path:
+    """A path from the command line (``given``) or else the config (``configured``); an error
+    naming both ways to give it when neither does."""
+    path = Path(given or configured or "")
+    if str(path) in ("", "."):
+        raise ConfigError(f"no {what} given: pass {flag} (or set {key}: in the config)")
+    return path

@@ -73,6 +73,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from wsi_tools import __version__
+from wsi_tools.config_file import required_path
 from wsi_tools.errors import ConfigError, StoreError
 from wsi_tools.train.augment import BatchTransform, resize_transform, sample_transform
 from wsi_tools.train.config import SPLIT_NAMES, TrainConfig
@@ -568,12 +569,8 @@ def train(
     ``store_path``/``out_dir`` default to ``config.store``/``config.out``. See the
     module docstring for ``splits``, ``extra_train_negatives`` and ``resume``.
     """
-    store_path = Path(store_path or config.store or "")
-    out_dir = Path(out_dir or config.out or "")
-    if not str(store_path) or str(store_path) == ".":
-        raise ConfigError("no store given: pass --store STORE (or set store: in the config)")
-    if not str(out_dir) or str(out_dir) == ".":
-        raise ConfigError("no run folder given: pass --out RUN_DIR (or set out: in the config)")
+    store_path = required_path(store_path, config.store, flag="--store STORE", key="store", what="store")
+    out_dir = required_path(out_dir, config.out, flag="--out RUN_DIR", key="out", what="run folder")
     config = config.replace(store=str(store_path), out=str(out_dir))
     progress = config.progress if progress is None else progress
     runtime = _start_runtime(config)
