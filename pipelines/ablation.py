@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from pipelines.hnm import HnmConfig, log, parse_hnm_config, run_seed
-from pipelines.report import METRIC_TITLES, TABLE_METRICS, format_mean_sd, summarize_runs
+from pipelines.report import METRIC_TITLES, RUN_COUNT_KEYS, TABLE_METRICS, format_mean_sd, summarize_runs
 from wsi_tools.config_file import read_yaml_mapping, required_path
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
@@ -173,24 +173,7 @@ def _row(study: str, condition: str, records: Sequence[Mapping[str, Any]]) -> di
         "study": study,
         "condition": condition,
         "summary": summary,
-        "runs": [
-            {
-                k: r.get(k)
-                for k in (
-                    "seed",
-                    "weak_run",
-                    "strong_run",
-                    "n_false_positives",
-                    "n_mined",
-                    "weak_test_fp",
-                    "strong_test_fp",
-                    "holdout_n",
-                    "holdout_fp_weak",
-                    "holdout_fp_strong",
-                )
-            }
-            for r in records
-        ],
+        "runs": [{k: r.get(k) for k in ("seed", "weak_run", "strong_run", *RUN_COUNT_KEYS)} for r in records],
     }
 
 

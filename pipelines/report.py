@@ -20,6 +20,18 @@ METRIC_TITLES = {
 }
 
 
+# Per-seed counts a run record carries, averaged in the reports.
+RUN_COUNT_KEYS = (
+    "n_false_positives",
+    "n_mined",
+    "weak_test_fp",
+    "strong_test_fp",
+    "holdout_n",
+    "holdout_fp_weak",
+    "holdout_fp_strong",
+)
+
+
 def metric_value(metrics: Mapping[str, Any], name: str) -> float | None:
     """A metric of the trainer's ``metrics.json`` (``{"value": v, "ci95": ...}`` or a bare number)."""
     entry = metrics.get(name)
@@ -63,18 +75,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "strong": mean_sd(strong),
             "relative_delta_pct": mean_sd([relative_delta(w, s) for w, s in zip(weak, strong, strict=True)]),
         }
-    counts = {
-        key: mean_sd([run.get(key) for run in runs])
-        for key in (
-            "n_false_positives",
-            "n_mined",
-            "weak_test_fp",
-            "strong_test_fp",
-            "holdout_n",
-            "holdout_fp_weak",
-            "holdout_fp_strong",
-        )
-    }
+    counts = {key: mean_sd([run.get(key) for run in runs]) for key in RUN_COUNT_KEYS}
     return {"metrics": table, "counts": counts, "n_seeds": len(runs)}
 
 
