@@ -10,6 +10,7 @@ import zarr
 
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.knn import knn_search
+from wsi_tools.train.toy import TOY_TRAIN_KEYS
 
 
 def _brute_force_l2(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,16 +160,6 @@ def test_large_search_streams_in_bounded_chunks():
 
 # ---------------------------------------------------------------- mining on a store
 
-TINY_TRAIN = {
-    "epochs": 1,
-    "input_size": 32,
-    "batch_size": 16,
-    "num_workers": 0,
-    "bootstrap": 0,
-    "augment": False,
-    "progress": False,
-}
-
 
 def add_weak_slide(store_path, slide_id: str, images: np.ndarray) -> None:
     """A weak-set slide holding exactly ``images`` (written through the store's own writer)."""
@@ -196,7 +187,7 @@ def weak_run(tmp_path_factory: pytest.TempPathFactory):
         [(f"h{i}", "hard", 16, 6) for i in range(5)] + [("w_random", "weak", 40, 0)],
         patch_size=32,
     )
-    result = train(TrainConfig(**TINY_TRAIN), store, root / "weak")
+    result = train(TrainConfig(**TOY_TRAIN_KEYS), store, root / "weak")
     return store, result
 
 

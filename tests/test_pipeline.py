@@ -12,18 +12,11 @@ import torch
 
 from wsi_tools.cli import main
 from wsi_tools.errors import ConfigError
+from wsi_tools.train.toy import TOY_TRAIN_KEYS
 
 TINY = {
     "seeds": [0],
-    "train": {
-        "epochs": 1,
-        "input_size": 32,
-        "batch_size": 16,
-        "num_workers": 0,
-        "bootstrap": 0,
-        "augment": False,
-        "progress": False,
-    },
+    "train": dict(TOY_TRAIN_KEYS),
     # threshold 0: every training negative is a false positive, so mining always has work
     "mining": {"alpha": 3, "threshold": 0.0, "progress": False},
     "figures": {"tsne_points": 60, "gradcam_patches": 2, "gallery_queries": 2, "gallery_hits": 3},

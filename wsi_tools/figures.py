@@ -37,6 +37,17 @@ def _save(figure: plt.Figure, path: str | Path) -> Path:
     return path
 
 
+def _save_image_grid(
+    figure: plt.Figure, axes: np.ndarray, path: str | Path, empty_message: str | None
+) -> Path:
+    """Hide the axes of an image grid, say why it is empty if it is, and save it."""
+    for axis in axes.ravel():
+        axis.axis("off")
+    if empty_message:
+        axes[0, 0].text(0.5, 0.5, empty_message, ha="center", va="center")
+    return _save(figure, path)
+
+
 def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of (N, D) features (perplexity kept below N)."""
     from sklearn.manifold import TSNE
@@ -173,11 +184,7 @@ def plot_gradcam_grid(
         for col, (name, maps) in enumerate(cams.items(), start=1):
             axes[row, col].imshow(overlay(image, maps[row]))
             axes[row, col].set_title(f"{name}: p={probabilities[name][row]:.2f}", fontsize=8)
-    for axis in axes.ravel():
-        axis.axis("off")
-    if not len(images):
-        axes[0, 0].text(0.5, 0.5, "no patches to show", ha="center", va="center")
-    return _save(figure, path)
+    return _save_image_grid(figure, axes, path, empty_message=None if len(images) else "no patches to show")
 
 
 def plot_mined_gallery(
@@ -198,8 +205,4 @@ def plot_mined_gallery(
         for col, (image, distance) in enumerate(zip(hits[row], hit_distances[row], strict=True), start=1):
             axes[row, col].imshow(image)
             axes[row, col].set_title(f"d={distance:.2f}", fontsize=7)
-    for axis in axes.ravel():
-        axis.axis("off")
-    if not len(queries):
-        axes[0, 0].text(0.5, 0.5, "no false positives", ha="center", va="center")
-    return _save(figure, path)
+    return _save_image_grid(figure, axes, path, empty_message=None if len(queries) else "no false positives")

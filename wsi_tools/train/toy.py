@@ -16,6 +16,17 @@ import numpy as np
 
 from wsi_tools.synth import synthetic_tissue
 
+# Training keys for a run of seconds on a toy store (tests and examples).
+TOY_TRAIN_KEYS: dict[str, object] = {
+    "epochs": 1,
+    "input_size": 32,
+    "batch_size": 16,
+    "num_workers": 0,
+    "bootstrap": 0,
+    "augment": False,
+    "progress": False,
+}
+
 
 def toy_patch(rng: np.random.Generator, size: int, positive: bool) -> np.ndarray:
     """One RGB uint8 (size, size, 3) patch; positives have a dark blob of ~1/4 the side."""
