@@ -240,7 +240,7 @@ def test_failure_mid_slide_then_rerun(
     slide_x40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store_path = tmp_path / "s.zarr"
-    original = SlideWriter.write
+    original = SlideWriter.write_encoded
     calls = {"n": 0}
 
     def fail_second_write(self: SlideWriter, *args: object, **kwargs: object) -> None:
@@ -249,14 +249,14 @@ def test_failure_mid_slide_then_rerun(
             raise OSError("injected failure")
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(SlideWriter, "write", fail_second_write)
+    monkeypatch.setattr(SlideWriter, "write_encoded", fail_second_write)
     with pytest.raises(OSError, match="injected"):
         extract_slide(slide_x40, store_path, weak(patch_size=64))
     store = PatchStore(store_path)
     assert store.slide_ids(include_incomplete=True) == [] and store.leftovers() == []
     assert calls["n"] == 2
 
-    monkeypatch.setattr(SlideWriter, "write", original)
+    monkeypatch.setattr(SlideWriter, "write_encoded", original)
     result = extract_slide(slide_x40, store_path, weak(patch_size=64))
     assert result.status == "complete" and store.slide_ids() == ["x40"] and store.verify().ok
     again = extract_slide(slide_x40, store_path, weak(patch_size=64))

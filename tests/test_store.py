@@ -54,6 +54,51 @@ def test_codec_round_trip_and_zarr_chain_agree() -> None:
         patch_codec.decode_patch(bytes(damaged), P)
 
 
+def test_fast_zstd_keeps_huffman_literals_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imagecodecs
+
+    from wsi_tools import fast_zstd
+
+    # Residual-like bytes: small values around 0 (mod 256), little to match.
+    residual = (np.round(np.random.default_rng(0).laplace(0, 8, 1 << 18)) % 256).astype(np.uint8)
+    assert fast_zstd.available(), "the imagecodecs wheel ships libzstd: the fast path must load"
+    fast = fast_zstd.compress(residual)
+    assert np.array_equal(np.frombuffer(imagecodecs.zstd_decode(fast), np.uint8), residual)
+    # A plain negative level stores literals raw (>= 100 % here); Huffman gets ~69 %.
+    assert len(fast) < 0.75 * residual.nbytes
+    assert len(fast) < 1.05 * len(imagecodecs.zstd_encode(residual, level=1))
+    assert fast_zstd.describe()["literals"] == "huffman"
+
+    patch = _patches(1)[0]
+    for compression in patch_codec.COMPRESSIONS:
+        assert np.array_equal(
+            patch_codec.decode_patch(patch_codec.encode_patch(patch, compression), P), patch
+        )
+    monkeypatch.setenv("WSI_TOOLS_FAST_ZSTD", "0")
+    fast_zstd._library.cache_clear()
+    try:
+        assert not fast_zstd.available() and fast_zstd.describe() == {"zstd_level": 1}
+        assert np.array_equal(patch_codec.decode_patch(patch_codec.encode_patch(patch), P), patch)
+    finally:
+        monkeypatch.delenv("WSI_TOOLS_FAST_ZSTD")
+        fast_zstd._library.cache_clear()
+    assert fast_zstd.available()
+
+
+def test_compact_compression_is_recorded_and_plain_zarr_reads_both(tmp_path: Path) -> None:
+    images = _patches(9)
+    store = PatchStore(tmp_path / "s.zarr", mode="a")
+    for name, compression in (("fast", "fast"), ("compact", "compact")):
+        attrs = _write(store, name, images, compression=compression)
+        assert attrs["image_encoder"]["compression"] == compression
+        assert np.array_equal(_plain_zarr_images(tmp_path / "s.zarr", name)[:], images)
+    meta = json.loads((tmp_path / "s.zarr" / "slides" / "compact" / "images" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert [c["configuration"]["level"] for c in inner if c["name"] == "zstd"] == [1]
+    with pytest.raises(ValueError, match="compression"):
+        store.begin_slide("x", 1, P, compression="tiny")
+
+
 def test_plain_zarr_reads_identical_pixels_and_metadata(tmp_path: Path) -> None:
     images = _patches(21)
     store = PatchStore(tmp_path / "s.zarr", mode="a")

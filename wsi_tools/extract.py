@@ -59,7 +59,7 @@ import numpy as np
 import shapely
 from shapely.geometry import box
 
-from wsi_tools import __version__
+from wsi_tools import __version__, patch_codec
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins
 from wsi_tools.store import PatchStore, now_iso, sanitize_slide_id
@@ -96,7 +96,8 @@ class ExtractionConfig:
     backend: str = "auto"
     slide_mpp: float | None = None
     tolerance: float = 0.05
-    threads: int = 2  # encoder threads beside the reading thread
+    threads: int = 2  # threads that each read and encode a span of windows
+    compression: str = "fast"  # zstd of the patches: fast, or compact (level 1: smaller, slower)
 
     def validate(self) -> None:
         if self.set not in SETS:
@@ -113,6 +114,10 @@ class ExtractionConfig:
             ),
             (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (
+                self.compression in patch_codec.COMPRESSIONS,
+                f"compression must be one of {', '.join(patch_codec.COMPRESSIONS)}, got {self.compression!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -406,7 +411,7 @@ def extract_slide(
         attrs = _provenance(slide, plan, extent, config, annotation_path, labeled, annotations, tissue)
         attrs["started"] = started
         writer = store.begin_slide(
-            slide_id, len(windows), config.patch_size, attrs, overwrite=True, threads=config.threads
+            slide_id, len(windows), config.patch_size, attrs, overwrite=True, compression=config.compression
         )
         with (
             writer,
@@ -414,15 +419,15 @@ def extract_slide(
                 total=len(windows), desc=slide_id[:24], unit="patch", disable=not progress, leave=False
             ) as bar,
         ):
-            for span, patches in _read_ahead(slide, windows.origins, extent, config, plan):
-                writer.write(
+            for span, chunks in _read_ahead(slide, windows.origins, extent, config, plan):
+                writer.write_encoded(
                     span.start,
-                    patches,
+                    chunks,
                     windows.origins[span],
                     windows.labels[span],
                     windows.tissue_fraction[span],
                 )
-                bar.update(len(patches))
+                bar.update(len(chunks))
             writer.commit({"counts": windows.counts, "warnings": [*slide.warnings, *attrs["warnings"]]})
 
         qc_path = None
@@ -441,21 +446,32 @@ def extract_slide(
     )
 
 
+def _read_and_encode(
+    slide: Slide, origins: np.ndarray, config: ExtractionConfig, plan: ReadPlan
+) -> list[bytes]:
+    """The store chunks of one span's windows, encoded on the thread that
+    decoded them (the pixels are still in that core's cache)."""
+    return [
+        patch_codec.encode_patch(patch, config.compression)
+        for patch in read_windows(slide, origins, config.patch_size, plan)
+    ]
+
+
 def _read_ahead(
     slide: Slide, origins: np.ndarray, extent: float, config: ExtractionConfig, plan: ReadPlan
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """Spans and their patches, in order; with ``threads > 1`` the next spans are
-    read on that many threads meanwhile (decoding releases the GIL)."""
+) -> Iterator[tuple[slice, list[bytes]]]:
+    """Spans and their encoded patches, in order; with ``threads > 1`` that many
+    spans are read and encoded at once (decoding and zstd release the GIL)."""
     level_px = config.patch_size * max(1.0, plan.resample_scale)
     spans = _spans(origins, extent, max(1, min(SPAN_WINDOWS, int(SPAN_BYTES // (3 * level_px**2)))))
     if config.threads <= 1:
         for span in spans:
-            yield span, read_windows(slide, origins[span], config.patch_size, plan)
+            yield span, _read_and_encode(slide, origins[span], config, plan)
         return
     with ThreadPoolExecutor(config.threads, thread_name_prefix="read") as pool:
-        queue: deque[tuple[slice, Future[np.ndarray]]] = deque()
+        queue: deque[tuple[slice, Future[list[bytes]]]] = deque()
         for span in spans:
-            queue.append((span, pool.submit(read_windows, slide, origins[span], config.patch_size, plan)))
+            queue.append((span, pool.submit(_read_and_encode, slide, origins[span], config, plan)))
             if len(queue) > config.threads:
                 done, future = queue.popleft()
                 yield done, future.result()

@@ -7,7 +7,9 @@ order (see ``docs/store.md`` for the measurements behind it):
    before it, so G-R and B-G differences (H&E channels move together);
 2. ``transpose`` to planar (channel, row, column);
 3. ``numcodecs.delta`` again: horizontal differences of those residuals;
-4. ``bytes``, ``zstd`` (level 1), ``crc32c`` (4 bytes, little endian).
+4. ``bytes``, ``zstd``, ``crc32c`` (4 bytes, little endian). The zstd frames
+   are written at a fast level that still Huffman-codes literals
+   (:mod:`wsi_tools.fast_zstd`); any zstd decoder reads them.
 
 zarr-python reads this chain, but its writer cannot apply a delta before a
 transpose (numcodecs array codecs hand back flat arrays), and its per-chunk
@@ -30,7 +32,8 @@ import google_crc32c
 import imagecodecs
 import numpy as np
 
-ZSTD_LEVEL = 1
+from wsi_tools import fast_zstd
+
 EMPTY = np.uint64(2**64 - 1)
 INDEX_ENTRY_BYTES = 16
 CHECKSUM_BYTES = 4
@@ -40,7 +43,23 @@ class ChunkError(ValueError):
     """A chunk or shard index failed its checksum or did not decode."""
 
 
-def zarr_image_codecs(zstd_level: int = ZSTD_LEVEL) -> dict[str, object]:
+COMPRESSIONS = ("fast", "compact")  # zstd: fast level with Huffman literals, or level 1
+
+
+def image_encoder(compression: str = "fast") -> dict[str, object]:
+    """How patches are encoded (the store records it per slide)."""
+    return {
+        "chain": "delta, transpose, delta, zstd, crc32c",
+        "compression": compression,
+        **fast_zstd.describe(compression == "fast"),
+    }
+
+
+def _zstd_level(compression: str = "fast") -> int:
+    return int(fast_zstd.describe(compression == "fast")["zstd_level"])
+
+
+def zarr_image_codecs() -> dict[str, object]:
     """Keyword arguments for ``zarr.create_array`` describing the chain above."""
     from zarr.codecs import BytesCodec, Crc32cCodec, TransposeCodec, ZstdCodec
     from zarr.codecs.numcodecs import Delta
@@ -48,13 +67,15 @@ def zarr_image_codecs(zstd_level: int = ZSTD_LEVEL) -> dict[str, object]:
     return {
         "filters": [Delta(dtype="|u1"), TransposeCodec(order=(0, 3, 1, 2)), Delta(dtype="|u1")],
         "serializer": BytesCodec(),
-        "compressors": [ZstdCodec(level=zstd_level), Crc32cCodec()],
+        "compressors": [ZstdCodec(level=_zstd_level()), Crc32cCodec()],
     }
 
 
-def zarr_image_codecs_json(patch_size: int, zstd_level: int = ZSTD_LEVEL) -> list[dict[str, Any]]:
+def zarr_image_codecs_json(patch_size: int, compression: str = "fast") -> list[dict[str, Any]]:
     """The ``codecs`` of the images array's zarr.json: sharding with the chain
-    above inside (what zarr-python writes for :func:`zarr_image_codecs`)."""
+    above inside (what zarr-python writes for :func:`zarr_image_codecs`; the
+    zstd level is the encoder's, a hint that decoders ignore)."""
+    zstd_level = _zstd_level(compression)
     return [
         {
             "name": "sharding_indexed",
@@ -109,8 +130,9 @@ class _Workspace(threading.local):
 _workspace = _Workspace()
 
 
-def encode_patch(patch: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> bytes:
-    """One (P, P, 3) uint8 patch to the bytes of its zarr chunk."""
+def encode_patch(patch: np.ndarray, compression: str = "fast") -> bytes:
+    """One (P, P, 3) uint8 patch to the bytes of its zarr chunk (``compression``:
+    one of :data:`COMPRESSIONS`)."""
     if patch.dtype != np.uint8 or patch.ndim != 3 or patch.shape[2] != 3 or patch.shape[0] != patch.shape[1]:
         raise ValueError(f"a patch must be (P, P, 3) uint8, got {patch.shape} {patch.dtype}")
     _, planar, second = _workspace.buffers(patch.shape[0])
@@ -123,7 +145,7 @@ def encode_patch(patch: np.ndarray, zstd_level: int = ZSTD_LEVEL) -> bytes:
     np.subtract(red.reshape(-1)[1:], blue.reshape(-1)[:-1], out=first_plane[1:])
     first_plane[0] = red[0, 0]
     imagecodecs.delta_encode(planar.reshape(-1), out=second)
-    compressed = imagecodecs.zstd_encode(second, level=zstd_level)
+    compressed = fast_zstd.compress(second, fast=compression == "fast")
     return compressed + _checksum(compressed)
 
 

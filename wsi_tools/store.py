@@ -18,7 +18,7 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -372,6 +372,7 @@ class PatchStore:
         overwrite: bool = False,
         patches_per_shard: int = DEFAULT_PATCHES_PER_SHARD,
         threads: int = 1,
+        compression: str = "fast",
     ) -> SlideWriter:
         """Start writing a slide under a temporary name (see :class:`SlideWriter`)."""
         self._require_writable()
@@ -391,6 +392,7 @@ class PatchStore:
             dict(attrs or {}),
             patches_per_shard=patches_per_shard,
             threads=threads,
+            compression=compression,
         )
 
     def delete_slide(self, slide_id: str) -> None:
@@ -488,7 +490,11 @@ class SlideWriter:
         *,
         patches_per_shard: int = DEFAULT_PATCHES_PER_SHARD,
         threads: int = 1,
+        compression: str = "fast",
     ) -> None:
+        if compression not in patch_codec.COMPRESSIONS:
+            raise ValueError(f"compression must be one of {patch_codec.COMPRESSIONS}, got {compression!r}")
+        self.compression = compression
 
         self.store = store
         self.slide_id = slide_id
@@ -515,6 +521,7 @@ class SlideWriter:
             "n_patches": n_patches,
             "patch_size": patch_size,
             "tool_version": __version__,
+            "image_encoder": patch_codec.image_encoder(compression),
             "started": attrs.get("started", now_iso()),
         }
         # Metadata written directly (zarr-python's own create path costs ~25 ms
@@ -526,7 +533,7 @@ class SlideWriter:
             (n_patches, patch_size, patch_size, 3),
             "uint8",
             (self.patches_per_shard, patch_size, patch_size, 3),
-            patch_codec.zarr_image_codecs_json(patch_size),
+            patch_codec.zarr_image_codecs_json(patch_size, compression),
         )
         images_meta["dimension_names"] = ["patch", "y", "x", "channel"]
         (self.group_dir / "images").mkdir()
@@ -560,14 +567,39 @@ class SlideWriter:
 
         With ``threads > 1`` the images are encoded in the background: do not
         modify the array after handing it over."""
-        if self._closed:
-            raise StoreError(f"slide {self.slide_id!r}: write after commit or abort")
-        count = len(images)
         p = self.patch_size
         if images.dtype != np.uint8 or images.shape[1:] != (p, p, 3):
             raise ValueError(f"images must be (k, {p}, {p}, 3) uint8, got {images.shape} {images.dtype}")
+        self._accept(start, images, coords, labels, tissue_fraction, self._encode_job)
+
+    def write_encoded(
+        self,
+        start: int,
+        chunks: Sequence[bytes],
+        coords: np.ndarray,
+        labels: np.ndarray,
+        tissue_fraction: np.ndarray,
+    ) -> None:
+        """As :meth:`write`, for patches already encoded with
+        :func:`patch_codec.encode_patch` at this writer's ``compression`` (by a
+        caller that encodes where it decoded, while the pixels are still in
+        that core's cache)."""
+        self._accept(start, chunks, coords, labels, tissue_fraction, list)
+
+    def _accept(
+        self,
+        start: int,
+        patches: Sequence[Any],
+        coords: np.ndarray,
+        labels: np.ndarray,
+        tissue_fraction: np.ndarray,
+        make_job: Callable[[Any], list[bytes] | Future[list[bytes]]],
+    ) -> None:
+        if self._closed:
+            raise StoreError(f"slide {self.slide_id!r}: write after commit or abort")
+        count = len(patches)
         if not (len(coords) == len(labels) == len(tissue_fraction) == count):
-            raise ValueError("images, coords, labels and tissue_fraction must have the same length")
+            raise ValueError("patches, coords, labels and tissue_fraction must have the same length")
         if start < 0 or start + count > self.n_patches:
             raise ValueError(f"patches {start}..{start + count} outside 0..{self.n_patches}")
         stop = start + count
@@ -575,26 +607,26 @@ class SlideWriter:
         self._labels[start:stop] = np.asarray(labels).astype(np.int8)
         self._tissue[start:stop] = np.asarray(tissue_fraction, np.float32)
         self._written[start:stop] = True
-        # Split the block at shard boundaries; each piece is one encode job.
+        # Split the block at shard boundaries; each piece is one job.
         position = start
         while position < stop:
             shard = position // self.patches_per_shard
             piece_stop = min(stop, (shard + 1) * self.patches_per_shard)
-            piece = images[position - start : piece_stop - start]
-            job = self._encode_job(piece)
             slots = self._pending.setdefault(shard, {})
-            slots[position] = job
+            slots[position] = make_job(patches[position - start : piece_stop - start])
             position = piece_stop
             self._flush_ready(shard)
 
     def _encode_job(self, piece: np.ndarray) -> list[bytes] | Future[list[bytes]]:
         if self._pool is None:
-            return [patch_codec.encode_patch(patch) for patch in piece]
+            return [patch_codec.encode_patch(patch, self.compression) for patch in piece]
         # Bound the memory held by queued raw images.
         self._in_flight = [job for job in self._in_flight if not job.done()]
         while len(self._in_flight) >= 2 * self._threads:
             self._in_flight.pop(0).result()
-        job = self._pool.submit(lambda block: [patch_codec.encode_patch(p) for p in block], piece)
+        job = self._pool.submit(
+            lambda block: [patch_codec.encode_patch(p, self.compression) for p in block], piece
+        )
         self._in_flight.append(job)
         return job
 
