@@ -4,8 +4,9 @@ Builds a store of a few hundred 512x512 H&E-like patches (crops of
 ``wsi_tools.synth.synthetic_tissue``, plus crops of CMU-1-Small-Region when
 the real test data is beside the repo), exports it with
 ``wsi_tools.export.export_png``, and reads both through the same DataLoader
-(2 workers, batch 64): the workers decode and resize to 224 (uint8), which is
-the loader's whole job in the trainer (float conversion, augmentation and
+(2 workers, batch 64): the workers decode a batch and resize it to 224 (uint8,
+one ``resize_batch`` call per batch, the same for both sources), which is the
+loader's whole job in the trainer (float conversion, augmentation and
 normalisation run per batch on the device; their CPU cost per patch is
 reported beside, ``to_float_ms_per_patch``). Each source is timed over several epochs after a warm-up epoch
 (persistent workers, files in the page cache for both), alternating the
@@ -43,8 +44,15 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_tools.export import export_png, read_rgb
 from wsi_tools.store import PatchStore
 from wsi_tools.synth import synthetic_tissue
-from wsi_tools.train.augment import BatchTransform, resize_transform
-from wsi_tools.train.data import PatchDataset, open_store, select_patches
+from wsi_tools.train.augment import BatchTransform
+from wsi_tools.train.data import (
+    PatchBatch,
+    PatchDataset,
+    collate_patches,
+    open_store,
+    resize_batch,
+    select_patches,
+)
 
 PATCH = 512
 REAL_SLIDE = (
@@ -135,19 +143,24 @@ def build_store(path: Path, n: int, content: str = "slide") -> dict[str, int]:
 
 
 class PngDataset(Dataset):
-    """The PNG export read file by file (cv2 decode, BGR -> RGB), as the seed code does."""
+    """The PNG export read file by file (cv2 decode, BGR -> RGB), as the seed code
+    does, batched and resized exactly as :class:`PatchDataset` does."""
 
-    def __init__(self, files: list[Path], labels: list[int], transform: object | None) -> None:
-        self.files, self.labels, self.transform = files, labels, transform
+    def __init__(self, files: list[Path], labels: list[int], resize: int | None) -> None:
+        self.files, self.labels, self.resize = files, labels, resize
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tensor = torch.from_numpy(read_rgb(self.files[row])).permute(2, 0, 1)
-        if self.transform is not None:
-            tensor = self.transform(tensor)
-        return tensor, torch.tensor(float(self.labels[row]))
+        return self.__getitems__([row])[0]
+
+    def __getitems__(self, rows: list[int]) -> PatchBatch:
+        images = np.empty((len(rows), PATCH, PATCH, 3), np.uint8)
+        for position, row in enumerate(rows):
+            read_rgb(self.files[row], out=images[position])
+        labels = torch.tensor([float(self.labels[row]) for row in rows])
+        return PatchBatch(resize_batch(images, self.resize), labels)
 
 
 def folder_bytes(path: Path, pattern: str = "*") -> int:
@@ -174,6 +187,7 @@ def time_sources(datasets: dict[str, Dataset], args: argparse.Namespace, side: i
             num_workers=args.workers,
             persistent_workers=args.workers > 0,
             generator=torch.Generator().manual_seed(0),
+            collate_fn=collate_patches,
         )
         for name, data in datasets.items()
     }
@@ -215,11 +229,10 @@ def main() -> int:
         export_png(store_path, png_dir)
         png_write_s = time.perf_counter() - started
 
-        transform = resize_transform(224)  # in the workers
         table = select_patches(open_store(store_path))
-        store_data = PatchDataset(store_path, table, transform=transform)
+        store_data = PatchDataset(store_path, table, resize=224)  # resized in the workers
         png_files = sorted(png_dir.rglob("*.png"))
-        png_data = PngDataset(png_files, [int(f.name.startswith("pos_")) for f in png_files], transform)
+        png_data = PngDataset(png_files, [int(f.name.startswith("pos_")) for f in png_files], 224)
         assert len(png_data) == len(store_data), (len(png_data), len(store_data))
         # Same pixels from both sources (PNG is lossless).
         first = png_files[0].stem.split("_")
@@ -230,10 +243,10 @@ def main() -> int:
         times = time_sources({"store": store_data, "png": png_data}, args, 224)
         # The trainer's CUDA path: workers only read and decompress (512 px), the GPU resizes.
         for data in (store_data, png_data):
-            data.transform = None
+            data.resize = None
         decode_only = time_sources({"store": store_data, "png": png_data}, args, PATCH)
         for data in (store_data, png_data):
-            data.transform = transform
+            data.resize = 224
 
         # Bare decode cost per patch on one thread, without resize or workers.
         store = open_store(store_path)

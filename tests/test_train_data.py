@@ -18,6 +18,7 @@ from wsi_tools.train.data import (
     PatchDataset,
     PatchRef,
     balanced_weights,
+    collate_patches,
     open_store,
     select_patches,
     subsample,
@@ -80,6 +81,27 @@ def test_dataset_reads_rgb_uint8_chw_and_batches_match_items(store_path: Path) -
     red_row = int(np.nonzero((table.slide_ids == "red") & (table.indices == 0))[0][0])
     red = dataset[red_row][0]
     assert red[0].min() == 255 and red[1:].max() == 0  # RGB in, RGB out
+
+
+def test_batch_resize_matches_torchvision_and_the_loader_passes_it_whole(store_path: Path) -> None:
+    from torchvision.transforms import v2
+
+    table = select_patches(open_store(store_path))
+    plain, resized = PatchDataset(store_path, table), PatchDataset(store_path, table, resize=20)
+    reference = v2.Resize((20, 20), antialias=True)
+    rows = [7, 0, len(table) - 1, 3]
+    batch = resized.__getitems__(rows)
+    images, labels = collate_patches(batch)
+    assert images.shape == (4, 3, 20, 20) and images.dtype == torch.uint8
+    for k, row in enumerate(rows):
+        expected = reference(plain[row][0])
+        assert torch.equal(images[k], expected) and torch.equal(resized[row][0], expected)
+        assert float(labels[k]) == table.labels[row]
+    loader = DataLoader(resized, batch_size=4, num_workers=1, collate_fn=collate_patches)
+    first, _ = next(iter(loader))
+    assert torch.equal(first, torch.stack([reference(plain[i][0]) for i in range(4)]))
+    with pytest.raises(ValueError, match="not both"):
+        PatchDataset(store_path, table, transform=reference, resize=20)
 
 
 def test_dataset_opens_lazily_carries_no_handles_and_reopens_after_fork(store_path: Path) -> None:

@@ -173,8 +173,8 @@ def parse_patch_name(path: Path) -> _PatchFile | None:
     return _PatchFile(path, set_name, match["slide"], int(match["x"]), int(match["y"]), label)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Any PNG/JPEG as (H, W, 3) uint8 RGB."""
+def read_rgb(path: Path, out: np.ndarray | None = None) -> np.ndarray:
+    """Any PNG/JPEG as (H, W, 3) uint8 RGB (into ``out`` if given, of that shape)."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ConfigError(f"{path}: not a readable PNG or JPEG image; remove or replace it")
@@ -183,12 +183,12 @@ def read_rgb(path: Path) -> np.ndarray:
     elif image.dtype != np.uint8:
         raise ConfigError(f"{path}: unsupported pixel type {image.dtype}; convert it to 8-bit RGB")
     if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB, dst=out)
     if image.shape[2] == 4:
         alpha = image[..., 3:4].astype(np.float32) / 255.0
         blended = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
         image = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB, dst=out)
 
 
 def _metadata_mpp(source: Path) -> dict[str, float]:

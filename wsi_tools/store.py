@@ -174,14 +174,23 @@ class PatchReader:
     def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         return self._decode(i, self.chunk_bytes(i), out)
 
-    def read_many(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Patches ``indices`` as (k, P, P, 3); each shard file is opened once
-        per run of indices in it (sorted indices read every shard once)."""
+    def read_many(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        out: np.ndarray | None = None,
+        out_rows: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Patches ``indices`` as (k, P, P, 3), or into rows ``out_rows`` (default
+        0..k-1) of ``out``; each shard file is opened once per run of indices in
+        it (sorted indices read every shard once)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        batch = np.empty((len(indices), self.patch_size, self.patch_size, 3), np.uint8)
+        batch = (
+            np.empty((len(indices), self.patch_size, self.patch_size, 3), np.uint8) if out is None else out
+        )
+        rows = range(len(indices)) if out_rows is None else np.asarray(out_rows).tolist()
         fd, fd_shard = None, -1
         try:
-            for row, i in enumerate(indices.tolist()):
+            for row, i in zip(rows, indices.tolist(), strict=True):
                 shard, offset, nbytes = self._locate(i)
                 if shard != fd_shard:
                     if fd is not None:

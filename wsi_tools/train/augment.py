@@ -8,7 +8,8 @@ two places:
 - on the device, per batch (:class:`BatchTransform`): the workers only read and
   decompress uint8 patches, and the GPU resizes, augments and normalises. Each
   patch of a batch still gets its own random draw. When that "device" is the
-  CPU, the workers also do the cheap uint8 resize (:func:`resize_transform`),
+  CPU, the workers also do the cheap uint8 resize, one call per batch
+  (``PatchDataset(resize=...)``, :func:`wsi_tools.train.data.resize_batch`),
   which cuts the bytes passed between processes about 5x.
 
 Augmentations (the paper's list): horizontal/vertical flips, transpose,
@@ -70,12 +71,6 @@ def _to_float_and_resize(input_size: int) -> list[nn.Module]:
         v2.Resize((input_size, input_size), antialias=True),
         v2.ToDtype(torch.float32, scale=True),
     ]
-
-
-def resize_transform(input_size: int) -> v2.Resize:
-    """uint8 (3, H, W) -> uint8 (3, input_size, input_size), antialiased: the only work a
-    loader worker does besides decoding when the rest runs per batch."""
-    return v2.Resize((input_size, input_size), antialias=True)
 
 
 def sample_transform(input_size: int, augment: bool) -> v2.Compose:

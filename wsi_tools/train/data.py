@@ -10,7 +10,9 @@
   RGB tensor, label)``, or the output of ``transform`` when one is given.
   Reads go through the store's fast ``PatchReader`` (same bytes and crc32c
   checks as zarr, without its per-chunk overhead); ``__getitems__`` reads a
-  batch slide by slide.
+  batch slide by slide. With ``resize`` (and no per-sample ``transform``) the
+  batch is resized in one call and handed on whole: pass
+  :func:`collate_patches` as the DataLoader's ``collate_fn`` to keep it so.
 - :class:`EpochSampler` gives the order of one epoch from ``(seed, epoch)``
   alone (shuffle or class-balanced draw), sharded by rank for DDP, so a resumed
   run sees the same batches as a straight one.
@@ -26,7 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from wsi_tools.errors import ConfigError, StoreError
 
@@ -190,11 +193,41 @@ def subsample(
     return table.take(rows)
 
 
+def resize_batch(images: np.ndarray | torch.Tensor, size: int | None) -> torch.Tensor:
+    """(B, P, P, 3) uint8 RGB -> (B, 3, size, size) uint8, antialiased bilinear (the
+    pixels of ``transforms.v2.Resize(antialias=True)``), in channels-last memory:
+    torch's uint8 kernel reads that layout directly (0.3 vs 0.4 ms per 512 px
+    patch for one resize per patch)."""
+    batch = torch.as_tensor(images).permute(0, 3, 1, 2)
+    if size is None or tuple(batch.shape[2:]) == (size, size):
+        return batch
+    return F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True)
+
+
+class PatchBatch(list):
+    """A batch from ``__getitems__``: a list of ``(image, label)`` views (what
+    ``default_collate`` expects) that also keeps the whole ``images`` and
+    ``labels`` tensors, which :func:`collate_patches` returns without copying."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__(zip(images, labels, strict=True))
+        self.images, self.labels = images, labels
+
+
+def collate_patches(samples: Sequence[Any]) -> Any:
+    """``collate_fn`` for :class:`PatchDataset` (and any dataset returning a
+    :class:`PatchBatch`): a resized batch as is, anything else by ``default_collate``."""
+    if isinstance(samples, PatchBatch):
+        return samples.images, samples.labels
+    return default_collate(samples)
+
+
 class PatchDataset(Dataset):
     """Patches of a :class:`PatchTable` read from the store at ``store_path``.
 
-    Items are ``(image, label)``: image is a uint8 RGB tensor (3, P, P) or
-    ``transform(image)``; label is a float32 scalar tensor (for BCE).
+    Items are ``(image, label)``: image is a uint8 RGB tensor (3, P, P), or
+    (3, resize, resize) with ``resize``, or ``transform(image)``; label is a
+    float32 scalar tensor (for BCE).
     """
 
     def __init__(
@@ -202,10 +235,14 @@ class PatchDataset(Dataset):
         store_path: str | Path,
         table: PatchTable,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        resize: int | None = None,
     ) -> None:
+        if transform is not None and resize is not None:
+            raise ValueError("give a per-sample transform or a batch resize, not both")
         self.store_path = Path(store_path)
         self.table = table
         self.transform = transform
+        self.resize = resize
         self._store: Any = None
         self._readers: dict[str, Any] = {}
         self._pid: int | None = None
@@ -233,28 +270,33 @@ class PatchDataset(Dataset):
             reader = self._readers[slide_id] = self._store.reader(slide_id)
         return reader
 
-    def _item(self, image: np.ndarray, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # HWC -> CHW view; RGB stays RGB.
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        if self.transform is not None:
-            tensor = self.transform(tensor)
-        return tensor, torch.tensor(float(self.table.labels[row]), dtype=torch.float32)
+    def _label(self, row: int) -> torch.Tensor:
+        return torch.tensor(float(self.table.labels[row]), dtype=torch.float32)
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self._reader(str(self.table.slide_ids[row])).read(int(self.table.indices[row]))
-        return self._item(image, row)
+        if self.transform is None:
+            return resize_batch(image[None], self.resize)[0], self._label(row)
+        # HWC -> CHW view; RGB stays RGB.
+        return self.transform(torch.from_numpy(image).permute(2, 0, 1)), self._label(row)
 
     def __getitems__(self, rows: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A batch, read slide by slide in index order (shard files are read front to back)."""
         rows = np.asarray(rows, dtype=np.int64)
-        images: dict[int, np.ndarray] = {}
+        p = int(self._reader(str(self.table.slide_ids[rows[0]])).patch_size) if len(rows) else 0
+        images = np.empty((len(rows), p, p, 3), np.uint8)
         slide_of = self.table.slide_ids[rows]
         for slide_id in dict.fromkeys(slide_of.tolist()):
-            mine = rows[slide_of == slide_id]
-            mine = mine[np.argsort(self.table.indices[mine], kind="stable")]
-            block = self._reader(slide_id).read_many(self.table.indices[mine])
-            images.update(zip(mine.tolist(), block, strict=True))
-        return [self._item(images[int(r)], int(r)) for r in rows]
+            positions = np.flatnonzero(slide_of == slide_id)
+            positions = positions[np.argsort(self.table.indices[rows[positions]], kind="stable")]
+            self._reader(slide_id).read_many(
+                self.table.indices[rows[positions]], out=images, out_rows=positions
+            )
+        labels = torch.as_tensor(self.table.labels[rows], dtype=torch.float32)
+        if self.transform is None:
+            return PatchBatch(resize_batch(images, self.resize), labels)
+        tensors = torch.from_numpy(images).permute(0, 3, 1, 2)
+        return [(self.transform(tensor), label) for tensor, label in zip(tensors, labels, strict=True)]
 
 
 class EpochSampler(Sampler[int]):

@@ -59,7 +59,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ from tqdm import tqdm
 from wsi_tools import __version__
 from wsi_tools.config_file import required_path
 from wsi_tools.errors import ConfigError, StoreError
-from wsi_tools.train.augment import BatchTransform, resize_transform, sample_transform
+from wsi_tools.train.augment import BatchTransform, sample_transform
 from wsi_tools.train.config import SPLIT_NAMES, TrainConfig
 from wsi_tools.train.data import (
     EpochSampler,
@@ -83,6 +83,7 @@ from wsi_tools.train.data import (
     PatchRef,
     PatchTable,
     balanced_weights,
+    collate_patches,
     open_store,
     select_patches,
     slide_infos,
@@ -227,11 +228,12 @@ def _transform_placement(config: TrainConfig, runtime: Runtime) -> str:
     return config.transforms_on
 
 
-def _worker_transform(input_size: int, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _worker_resize(input_size: int, runtime: Runtime) -> int | None:
     """What the loader workers do when the device transforms the batch: on CUDA nothing
-    but read and decompress; on the CPU also the uint8 resize, which cuts the bytes
-    passed between processes about 5x for 512 -> 224 (the batch resize is then a no-op)."""
-    return None if runtime.cuda else resize_transform(input_size)
+    but read and decompress; on the CPU also the uint8 resize (one call per batch), which
+    cuts the bytes passed between processes about 5x for 512 -> 224 (the device resize is
+    then a no-op)."""
+    return None if runtime.cuda else input_size
 
 
 def _loader(
@@ -253,6 +255,7 @@ def _loader(
         # A generator per epoch seeds the workers from (seed, epoch), so a resume replays them.
         generator=torch.Generator().manual_seed(seed),
         prefetch_factor=4 if num_workers else None,
+        collate_fn=collate_patches,  # a batch resized in the worker is passed on whole
     )
 
 
@@ -283,7 +286,7 @@ def _logits(
 ) -> np.ndarray:
     """Logits (or embeddings) of ``table`` (or of its ``rows``) with the evaluation transform on the device."""
     model.eval()
-    dataset = PatchDataset(store_path, table, transform=_worker_transform(model.input_size, runtime))
+    dataset = PatchDataset(store_path, table, resize=_worker_resize(model.input_size, runtime))
     order = list(range(len(table))) if rows is None else list(rows)
     loader = _loader(dataset, batch_size, order, num_workers, runtime, seed=0)
     transform = BatchTransform(model.input_size, augment=False).to(runtime.device)
@@ -710,9 +713,8 @@ def _train(
     dataset = PatchDataset(
         store_path,
         train_table,
-        transform=sample_transform(config.input_size, config.augment)
-        if placement == "loader"
-        else _worker_transform(config.input_size, runtime),
+        transform=sample_transform(config.input_size, config.augment) if placement == "loader" else None,
+        resize=None if placement == "loader" else _worker_resize(config.input_size, runtime),
     )
     batch_transform = (
         BatchTransform(config.input_size, config.augment).to(runtime.device)
