@@ -200,17 +200,11 @@ def decode_patch(chunk: bytes | memoryview, patch_size: int, out: np.ndarray | N
     return out
 
 
-def build_shard(chunks: list[bytes | None]) -> list[bytes]:
-    """Encoded chunks (None = missing) to the pieces of one shard file, in
-    order (write them with ``writelines``: joining 30 MB costs more than encoding)."""
-    index = np.full((len(chunks), 2), EMPTY, dtype="<u8")
-    offset = 0
-    for position, chunk in enumerate(chunks):
-        if chunk is not None:
-            index[position] = (offset, len(chunk))
-            offset += len(chunk)
-    index_bytes = index.tobytes()
-    return [*(chunk for chunk in chunks if chunk is not None), index_bytes, _checksum(index_bytes)]
+def shard_tail(index: np.ndarray) -> bytes:
+    """What follows a shard's chunks: its (n, 2) index of (offset, nbytes) as
+    little-endian uint64 (``EMPTY`` twice for a missing chunk), then the index's crc32c."""
+    index_bytes = np.ascontiguousarray(index, dtype="<u8").tobytes()
+    return index_bytes + _checksum(index_bytes)
 
 
 def shard_index_bytes(chunks_per_shard: int) -> int:
