@@ -33,11 +33,13 @@ import numpy as np
 
 FAST_LEVEL = -20
 FAST_MIN_MATCH = 7
+FAST_WINDOW_LOG = 18  # a 256 KiB window: as small, slightly faster than the level's default
 FALLBACK_LEVEL = 1
 MIN_VERSION = 10500  # 1.5.0: the literal-compression parameter below as used here
 
 # ZSTD_cParameter values (zstd.h; the last is ZSTD_c_experimentalParam5)
 _COMPRESSION_LEVEL = 100
+_WINDOW_LOG = 101
 _MIN_MATCH = 105
 _LITERAL_COMPRESSION_MODE = 1002
 _LITERALS_HUFFMAN = 1  # ZSTD_ps_enable
@@ -99,6 +101,7 @@ class _Context:
         self.buffer = np.empty(0, np.uint8)
         settings = (
             (_COMPRESSION_LEVEL, FAST_LEVEL),
+            (_WINDOW_LOG, FAST_WINDOW_LOG),
             (_MIN_MATCH, FAST_MIN_MATCH),
             (_LITERAL_COMPRESSION_MODE, _LITERALS_HUFFMAN),
         )
@@ -106,8 +109,8 @@ class _Context:
             lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(self.handle, key, value)) for key, value in settings
         )
 
-    def compress(self, data: np.ndarray) -> bytes:
-        bound = self.lib.ZSTD_compressBound(data.nbytes)
+    def compress(self, data: np.ndarray, spare: int) -> tuple[np.ndarray, int]:
+        bound = self.lib.ZSTD_compressBound(data.nbytes) + spare
         if len(self.buffer) < bound:
             self.buffer = np.empty(bound, np.uint8)
         n = self.lib.ZSTD_compress2(
@@ -115,7 +118,7 @@ class _Context:
         )
         if self.lib.ZSTD_isError(n):
             raise RuntimeError(f"libzstd failed to compress ({n})")
-        return self.buffer[:n].tobytes()
+        return self.buffer, n
 
     def __del__(self) -> None:
         if getattr(self, "handle", None):
@@ -137,17 +140,33 @@ def available() -> bool:
 def describe(fast: bool = True) -> dict[str, object]:
     """What :func:`compress` does, for provenance."""
     if fast and available():
-        return {"zstd_level": FAST_LEVEL, "min_match": FAST_MIN_MATCH, "literals": "huffman"}
+        return {
+            "zstd_level": FAST_LEVEL,
+            "window_log": FAST_WINDOW_LOG,
+            "min_match": FAST_MIN_MATCH,
+            "literals": "huffman",
+        }
     return {"zstd_level": FALLBACK_LEVEL}
 
 
 def compress(data: np.ndarray, fast: bool = True) -> bytes:
     """One zstd frame of contiguous ``data``: fast (above), or ``fast=False``:
     level 1, about 40 % slower to encode and 1-7 % smaller on H&E residuals."""
+    buffer, n = compress_to_buffer(data, fast)
+    return buffer[:n].tobytes()
+
+
+def compress_to_buffer(data: np.ndarray, fast: bool = True, spare: int = 0) -> tuple[np.ndarray, int]:
+    """As :func:`compress`, as ``(buffer, n)``: the frame is ``buffer[:n]`` and at
+    least ``spare`` writable bytes follow it (room for a checksum, so the chunk
+    is copied out once). The buffer is this thread's and is reused by its next call."""
     lib = _library() if fast else None
     if lib is None:
-        return imagecodecs.zstd_encode(data, level=FALLBACK_LEVEL)
+        frame = imagecodecs.zstd_encode(data, level=FALLBACK_LEVEL)
+        buffer = np.empty(len(frame) + spare, np.uint8)
+        buffer[: len(frame)] = np.frombuffer(frame, np.uint8)
+        return buffer, len(frame)
     context = _contexts.context
     if context is None:
         context = _contexts.context = _Context(lib)
-    return context.compress(np.ascontiguousarray(data))
+    return context.compress(np.ascontiguousarray(data), spare)

@@ -104,7 +104,7 @@ def checksummed(payload: bytes) -> bytes:
     return payload + _checksum(payload)
 
 
-def _checksum(data: bytes | memoryview) -> bytes:
+def _checksum(data: bytes | memoryview | np.ndarray) -> bytes:
     # google_crc32c takes bytes or numpy arrays, not memoryviews.
     buffer = data if isinstance(data, bytes) else np.frombuffer(data, np.uint8)
     return struct.pack("<I", google_crc32c.value(buffer))
@@ -145,8 +145,9 @@ def encode_patch(patch: np.ndarray, compression: str = "fast") -> bytes:
     np.subtract(red.reshape(-1)[1:], blue.reshape(-1)[:-1], out=first_plane[1:])
     first_plane[0] = red[0, 0]
     imagecodecs.delta_encode(planar.reshape(-1), out=second)
-    compressed = fast_zstd.compress(second, fast=compression == "fast")
-    return compressed + _checksum(compressed)
+    buffer, n = fast_zstd.compress_to_buffer(second, fast=compression == "fast", spare=CHECKSUM_BYTES)
+    buffer[n : n + CHECKSUM_BYTES] = np.frombuffer(_checksum(buffer[:n]), np.uint8)
+    return buffer[: n + CHECKSUM_BYTES].tobytes()
 
 
 def check_chunk(chunk: bytes | memoryview) -> memoryview:
