@@ -203,8 +203,9 @@ def test_the_shipped_config_holds_the_built_in_defaults() -> None:
 
 def test_flags_override_the_config(tmp_path: Path) -> None:
     config = write_csv(tmp_path / "c.yaml", "patch_size: 256\nmagnification: 10\nfraction: 1/2\n")
-    settings = load_settings(config, {"patch_size": 128, "seed": None})
+    settings = load_settings(config, {"patch_size": 128, "seed": None, "compression": "compact"})
     assert settings["patch_size"] == 128  # the flag wins
+    assert settings["compression"] == "compact"
     assert settings["target_mpp"] == pytest.approx(1.0)  # ×10
     assert settings["fraction"] == 0.5
     assert settings["seed"] == default_settings()["seed"]  # an unset flag keeps the config
@@ -216,6 +217,7 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
         ("patch_sise: 256\n", "unknown key 'patch_sise'"),
         ("patch_size: big\n", "patch_size must be a whole number"),
         ("fraction: 2\n", "fraction must be in (0, 1]"),
+        ("compression: tiny\n", "compression must be one of fast, compact"),
         ("set: hard\n", "set per slide in the manifest"),
         ("target_mpp: 2\nmagnification: 5\n", "not both"),
         ("backend: pillow\n", "backend must be one of"),

@@ -87,7 +87,12 @@ def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threads",
         type=int,
-        help="encoder threads per slide beside the reading thread (default 1: workers already use every core)",
+        help="threads per slide, each reading and encoding patches (default 1: workers already use every core)",
+    )
+    group.add_argument(
+        "--compression",
+        choices=("fast", "compact"),
+        help="patch zstd: fast, or compact (level 1: 1-7%% smaller, encoding ~40%% slower) (default fast)",
     )
     group.add_argument(
         "--tolerance",
@@ -198,6 +203,7 @@ def _batch(args: argparse.Namespace) -> int:
             "backend",
             "tolerance",
             "threads",
+            "compression",
         )
     }
     settings = load_settings(args.config, overrides)
