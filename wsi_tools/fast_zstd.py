@@ -13,8 +13,8 @@ Measured on benchmark patches (``docs/store.md``): level -20 with minimum match
 2.1 ms, for 1-3 % more bytes.
 
 The library is the libzstd that the imagecodecs wheel ships (so a clean
-install has it), else the system's. Where neither loads, or it is older
-than 1.5, :func:`compress` uses imagecodecs at level 1 (same format, slower,
+install has it), else the system's. Where neither loads, or it is not a
+1.5.x, :func:`compress` uses imagecodecs at level 1 (same format, slower,
 slightly smaller): set ``WSI_TOOLS_FAST_ZSTD=0`` to force that path, or ask
 for it per store with the extraction setting ``compression: compact``.
 """
@@ -35,7 +35,9 @@ FAST_LEVEL = -20
 FAST_MIN_MATCH = 7
 FAST_WINDOW_LOG = 18  # a 256 KiB window: as small, slightly faster than the level's default
 FALLBACK_LEVEL = 1
-MIN_VERSION = 10500  # 1.5.0: the literal-compression parameter below as used here
+# The literal-compression parameter's number is in zstd's experimental API,
+# whose values may change between minor versions: only 1.5.x is trusted.
+MIN_VERSION, MAX_VERSION = 10500, 10600
 
 # ZSTD_cParameter values (zstd.h; the last is ZSTD_c_experimentalParam5)
 _COMPRESSION_LEVEL = 100
@@ -56,7 +58,7 @@ def _bind(path: str) -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(path)
         lib.ZSTD_versionNumber.restype = ctypes.c_uint
-        if lib.ZSTD_versionNumber() < MIN_VERSION:
+        if not MIN_VERSION <= lib.ZSTD_versionNumber() < MAX_VERSION:
             return None
         lib.ZSTD_createCCtx.restype = ctypes.c_void_p
         lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
