@@ -106,6 +106,37 @@ def test_polygon_has_the_regions_and_the_big_hole(designed_tissue: TissueMask) -
     assert polygon.intersection(island).area / island.area > 0.8
 
 
+def test_contour_shortcut_agrees_with_the_labelling() -> None:
+    """Whenever the contours say the clean-up has nothing to do, the exact
+    labelling (both passes) returns the mask unchanged; masks with specks,
+    lines, rings and holes are drawn at random."""
+    from wsi_tools import tissue
+
+    rng = np.random.default_rng(0)
+    taken = 0
+    for _ in range(600):
+        height, width = (int(v) for v in rng.integers(8, 64, 2))
+        mask = np.zeros((height, width), np.uint8)
+        for _ in range(int(rng.integers(1, 6))):
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            kind = int(rng.integers(0, 4))
+            if kind == 0:
+                cv2.circle(mask, (x, y), int(rng.integers(1, 12)), 255, -1)
+            elif kind == 1:
+                cv2.line(mask, (x, y), (int(rng.integers(0, width)), int(rng.integers(0, height))), 255, 1)
+            elif kind == 2:
+                cv2.circle(mask, (x, y), int(rng.integers(1, 5)), 0, -1)  # a hole, perhaps
+            else:
+                mask[rng.random((height, width)) < 0.02] = 255
+        min_region, min_hole = float(rng.integers(1, 50)), float(rng.integers(1, 50))
+        if tissue._already_clean(mask, min_region):
+            taken += 1
+            cleaned = tissue._drop_small_components(mask > 0, min_region, connectivity=8)
+            gaps = tissue._drop_small_components(~cleaned, min_hole, connectivity=4, keep_border=True)
+            assert np.array_equal(cleaned | ~gaps, mask > 0)
+    assert taken > 50  # the shortcut is exercised, not only the labelling
+
+
 def test_generated_slide_matches_its_ground_truth(slide_x20: Path, slide_x20_image: np.ndarray) -> None:
     with open_slide(slide_x20) as slide:
         tissue = detect_tissue(slide, target_mpp=8.0)

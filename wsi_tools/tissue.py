@@ -76,9 +76,30 @@ def tissue_mask_from_rgb(
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, close)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, opening)
     pixel_um2 = mpp * mpp
+    if _already_clean(mask, min_region_um2 / pixel_um2):
+        return mask > 0, threshold
     mask = _drop_small_components(mask > 0, min_region_um2 / pixel_um2, connectivity=8)
     background = _drop_small_components(~mask, min_hole_um2 / pixel_um2, connectivity=4, keep_border=True)
     return mask | ~background, threshold  # small enclosed gaps become tissue
+
+
+def _already_clean(mask: np.ndarray, min_region_px: float) -> bool:
+    """True when the clean-up below would return ``mask`` unchanged: it has no
+    hole, and every component is at least ``min_region_px``. Decided from the
+    contours, a few ms where the two labellings cost ~30 ms per slide; False
+    (holes, or a component that might be small) leaves it to the labelling.
+
+    Exact: with 8-connected tissue, each 4-connected gap enclosed by tissue has
+    its own hole contour, so no hole contour means nothing to fill; and a
+    component without holes holds every pixel on or inside its outer contour,
+    which is at least the contour's polygon area (Pick's theorem).
+    """
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return True  # no tissue at all
+    if (hierarchy[0][:, 3] >= 0).any():
+        return False
+    return all(cv2.contourArea(contour) >= min_region_px for contour in contours)
 
 
 def _drop_small_components(
