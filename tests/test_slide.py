@@ -239,6 +239,32 @@ def test_thumbnail(slide_x40: Path) -> None:
         assert image.shape == (192, 256, 3) and downsample == pytest.approx(16.0)
 
 
+@pytest.mark.parametrize(("fixture", "target"), [("slide_x40", 8.0), ("slide_x20", 4.0), ("slide_x20", 16.0)])
+def test_thumbnail_shrunk_tile_by_tile_equals_the_whole_level_shrunk(
+    fixture: str, target: float, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Integer factors take the tile-by-tile path (partial edge tiles included);
+    its pixels equal reading the level and shrinking it whole."""
+    from wsi_tools import slide as slide_module
+
+    path = request.getfixturevalue(fixture)
+    calls: list[int] = []
+    original = slide_module._TileDecoder.shrink_level
+
+    def counted(self, level: int, factor: int):  # type: ignore[no-untyped-def]
+        calls.append(factor)
+        return original(self, level, factor)
+
+    monkeypatch.setattr(slide_module._TileDecoder, "shrink_level", counted)
+    with open_slide(path, backend="tiffslide") as slide:
+        tiled, downsample = slide.thumbnail(target)
+    assert calls and calls[0] > 1  # the tile path ran
+    monkeypatch.setattr(slide_module._TiffSlideReader, "shrink_level", lambda self, level, factor: None)
+    with open_slide(path, backend="tiffslide") as slide:
+        whole, whole_downsample = slide.thumbnail(target)
+    assert downsample == whole_downsample and np.array_equal(tiled, whole)
+
+
 def test_missing_mpp_on_generated_slide(slide_no_mpp: Path) -> None:
     with pytest.raises(MissingMppError, match="no_mpp.svs"):
         open_slide(slide_no_mpp)

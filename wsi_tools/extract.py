@@ -298,20 +298,25 @@ def _spans(origins: np.ndarray, extent: float, max_windows: int = SPAN_WINDOWS) 
 
 
 class _Scratch(threading.local):
-    """One reusable level-pixel buffer per reading thread."""
+    """Reusable pixel buffers of one reading thread, by role (level pixels of a
+    resampled span; a span's patches while they are encoded)."""
 
-    def get(self, shape: tuple[int, int, int, int]) -> np.ndarray:
-        buffer = getattr(self, "buffer", None)
+    def get(self, role: str, shape: tuple[int, int, int, int]) -> np.ndarray:
+        buffers: dict[str, np.ndarray] = self.__dict__.setdefault("buffers", {})
+        buffer = buffers.get(role)
         if buffer is None or buffer.shape[1:] != shape[1:] or len(buffer) < shape[0]:
-            buffer = self.buffer = np.empty(shape, np.uint8)
+            buffer = buffers[role] = np.empty(shape, np.uint8)
         return buffer[: shape[0]]
 
 
 _scratch = _Scratch()
 
 
-def read_windows(slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan) -> np.ndarray:
-    """(k, size, size, 3) patches of windows on one row, from a single level read.
+def read_windows(
+    slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(k, size, size, 3) patches of windows on one row, from a single level read
+    (into ``out`` when given: C-contiguous, that shape).
 
     Every window is cut as ``Slide.read_region`` reads it: level-0 x mapped to
     ``round(x / downsample)`` level px, ``round(size * resample_scale)`` level
@@ -319,13 +324,13 @@ def read_windows(slide: Slide, origins: np.ndarray, size: int, plan: ReadPlan) -
     """
     level_size = size if not plan.resampled else max(1, round(size * plan.resample_scale))
     xs = [int(x) for x in origins[:, 0]]
-    if not plan.resampled:  # the windows are the patches (handed on to the encoder)
-        return slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size)
+    if not plan.resampled:  # the windows are the patches
+        return slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size, out=out)
     # Level pixels are shrunk at once: a buffer reused per thread spares the page
     # faults of a fresh allocation per span (tens of MB at x40).
-    scratch = _scratch.get((len(xs), level_size, level_size, 3))
-    blocks = slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size, out=scratch)
-    patches = np.empty((len(origins), size, size, 3), np.uint8)
+    level = _scratch.get("level", (len(xs), level_size, level_size, 3))
+    blocks = slide.read_level_windows(plan.level, xs, int(origins[0, 1]), level_size, level_size, out=level)
+    patches = np.empty((len(origins), size, size, 3), np.uint8) if out is None else out
     for row, block in enumerate(blocks):
         cv2.resize(block, (size, size), dst=patches[row], interpolation=cv2.INTER_AREA)
     return patches
@@ -451,10 +456,10 @@ def _read_and_encode(
 ) -> list[bytes]:
     """The store chunks of one span's windows, encoded on the thread that
     decoded them (the pixels are still in that core's cache)."""
-    return [
-        patch_codec.encode_patch(patch, config.compression)
-        for patch in read_windows(slide, origins, config.patch_size, plan)
-    ]
+    size = config.patch_size
+    patches = _scratch.get("patches", (len(origins), size, size, 3))  # encoded before the next span
+    read_windows(slide, origins, size, plan, out=patches)
+    return [patch_codec.encode_patch(patch, config.compression) for patch in patches]
 
 
 def _read_ahead(

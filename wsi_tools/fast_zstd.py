@@ -26,6 +26,7 @@ import ctypes.util
 import functools
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import imagecodecs
@@ -47,11 +48,14 @@ _LITERAL_COMPRESSION_MODE = 1002
 _LITERALS_HUFFMAN = 1  # ZSTD_ps_enable
 
 
-def _candidate_libraries() -> list[str]:
+def _candidate_libraries() -> Iterator[str]:
+    """The wheel's libzstd first; the system's only if needed (``find_library``
+    runs ``ldconfig``, a subprocess)."""
     wheel_libs = Path(imagecodecs.__file__).resolve().parent.parent / "imagecodecs.libs"
-    found = [str(p) for p in sorted(wheel_libs.glob("libzstd*"))]
+    yield from (str(path) for path in sorted(wheel_libs.glob("libzstd*")))
     system = ctypes.util.find_library("zstd")
-    return [*found, *([system] if system else [])]
+    if system:
+        yield system
 
 
 def _bind(path: str) -> ctypes.CDLL | None:

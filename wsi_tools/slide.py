@@ -43,7 +43,8 @@ TIFF_SUFFIXES = frozenset({".svs", ".tif", ".tiff"})
 
 APPMAG_MPP_RTOL = 0.25  # AppMag 20 says ~0.5 µm/px; beyond 25% off, one of them is wrong
 ANISOTROPY_RTOL = 0.02  # x and y mpp differing more than this make square patches impossible
-FINGERPRINT_CHUNK = 4 * 2**20  # hashed at each end of the file
+# Hashed at each end of the file (TIFF header and first IFDs; label and macro images).
+FINGERPRINT_CHUNK = 2**20
 FINGERPRINT_PIECE = 2**18
 WHITE = 255
 PIXEL_CHECK_MAX = 2**20  # check_readable decodes a whole level up to this size
@@ -71,6 +72,11 @@ class _Reader:
         self, level: int, lxs: Sequence[int], ly: int, width: int, height: int, out: np.ndarray | None = None
     ) -> np.ndarray | None:
         """Several boxes on one level row at once, or None where the backend has no faster way."""
+        return None
+
+    def shrink_level(self, level: int, factor: int) -> np.ndarray | None:
+        """The whole level shrunk ``factor`` times with INTER_AREA, or None where
+        the backend has no faster way than reading the level first."""
         return None
 
     def close(self) -> None:
@@ -208,6 +214,35 @@ class _TileDecoder:
                     ]
         return out
 
+    def shrink_level(self, level: int, factor: int) -> np.ndarray | None:
+        """The level shrunk ``factor`` times (INTER_AREA), tile by tile: at an
+        integer factor that divides the tile size this is a box average that
+        never crosses a tile edge, so the pixels equal shrinking the whole
+        level, without holding it (a ×20 slide's 8 µm/px level is 15 MB)."""
+        page, decode, fd = self.levels[level], self._decoders[level], self._fd
+        assert page is not None and decode is not None and fd is not None
+        tile_width, tile_height = page.tilewidth, page.tilelength
+        width, height = page.imagewidth, page.imagelength
+        if tile_width % factor or tile_height % factor or width % factor or height % factor:
+            return None
+        out = np.empty((height // factor, width // factor, 3), np.uint8)
+        tiles_across = -(-width // tile_width)
+        offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
+        for ty in range(-(-height // tile_height)):
+            rows = min(tile_height, height - ty * tile_height)
+            for tx in range(tiles_across):
+                cols = min(tile_width, width - tx * tile_width)
+                index = ty * tiles_across + tx
+                data = os.pread(fd, counts[index], offsets[index]) if counts[index] else None
+                tile = decode(data, index, jpegtables=tables)[0]
+                if tile is None:
+                    raise ValueError(f"tile {index} of level {level} did not decode")
+                tile = tile.reshape(tile_height, tile_width, 3)[:rows, :cols]
+                y0, x0 = ty * tile_height // factor, tx * tile_width // factor
+                target = out[y0 : y0 + rows // factor, x0 : x0 + cols // factor]
+                target[...] = cv2.resize(tile, (cols // factor, rows // factor), interpolation=cv2.INTER_AREA)
+        return out
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
@@ -290,6 +325,11 @@ class _TiffSlideReader(_Reader):
         if not (exact and inside):
             return None
         return self._tiles.read_windows(level, lxs, ly, width, height, out)
+
+    def shrink_level(self, level: int, factor: int) -> np.ndarray | None:
+        if self._tiles is None or not self._tiles.handles(level):
+            return None
+        return self._tiles.shrink_level(level, factor)
 
     def close(self) -> None:
         if self._tiles is not None:
@@ -384,7 +424,7 @@ def _checked_override(path: Path, mpp: float | None) -> float | None:
 
 
 def file_fingerprint(path: Path) -> str:
-    """``"{size}-{sha256}"`` of the first and last 4 MiB: cheap and stable."""
+    """``"{size}-{sha256}"`` of the first and last MiB: cheap and stable."""
     size = path.stat().st_size
     digest = hashlib.sha256()
     spans = (
@@ -706,6 +746,12 @@ class Slide:
         scale = target / spec.mpp
         out_width = max(1, round(width0 / scale))
         out_height = max(1, round(height0 / scale))
+        factor = level_width // out_width
+        if factor > 1 and (level_width, level_height) == (out_width * factor, out_height * factor):
+            with self._reading(plan.level, 0, 0, level_width, level_height) as reader:
+                shrunk = reader.shrink_level(plan.level, factor)
+            if shrunk is not None:
+                return shrunk, width0 / out_width
         image = np.empty((out_height, out_width, 3), np.uint8)
         # Decode in horizontal bands so a slide without a small level never sits in memory.
         rows_per_band = max(1, int(THUMBNAIL_BAND_PIXELS / level_width / (level_height / out_height)))

@@ -18,7 +18,7 @@ INFO_DESCRIPTION = """\
 Print what a slide holds: backend, vendor, level-0 dimensions, every pyramid
 level (size, downsample, µm/px), the level-0 resolution (mpp; null when the
 slide records none), objective power, and a cheap file fingerprint (size plus
-SHA-256 of the first and last 4 MiB). Works on slides without MPP; warnings
+SHA-256 of the first and last MiB). Works on slides without MPP; warnings
 (AppMag disagreeing with MPP, x and y resolution differing) are printed too.
 The coarsest level is decoded as a check: a damaged file exits with status 2.
 """
