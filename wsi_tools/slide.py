@@ -45,7 +45,6 @@ APPMAG_MPP_RTOL = 0.25  # AppMag 20 says ~0.5 µm/px; beyond 25% off, one of the
 ANISOTROPY_RTOL = 0.02  # x and y mpp differing more than this make square patches impossible
 # Hashed at each end of the file (TIFF header and first IFDs; label and macro images).
 FINGERPRINT_CHUNK = 2**20
-FINGERPRINT_PIECE = 2**18
 WHITE = 255
 PIXEL_CHECK_MAX = 2**20  # check_readable decodes a whole level up to this size
 THUMBNAIL_BAND_PIXELS = 16 * 2**20  # level pixels decoded at once while building a thumbnail
@@ -180,17 +179,27 @@ class _TileDecoder:
         """Pixels of an in-bounds box of ``level`` (level px)."""
         return self.read_windows(level, [lx], ly, width, height)[0]
 
+    def _tile(self, level: int, index: int) -> np.ndarray:
+        """Tile ``index`` of ``level`` as (tile height, tile width, 3), padding included."""
+        page, decode, fd = self.levels[level], self._decoders[level], self._fd
+        assert page is not None and decode is not None and fd is not None
+        count = page.databytecounts[index]
+        data = os.pread(fd, count, page.dataoffsets[index]) if count else None
+        tile = decode(data, index, jpegtables=page.jpegtables)[0]
+        if tile is None:
+            raise ValueError(f"tile {index} of level {level} did not decode")
+        return tile.reshape(page.tilelength, page.tilewidth, 3)
+
     def read_windows(
         self, level: int, lxs: Sequence[int], ly: int, width: int, height: int, out: np.ndarray | None = None
     ) -> np.ndarray:
         """(k, height, width, 3): in-bounds boxes of ``level`` at level x ``lxs``
         (ascending), all at level y ``ly``, into ``out`` if given; a tile shared
         by boxes is decoded once."""
-        page, decode, fd = self.levels[level], self._decoders[level], self._fd
-        assert page is not None and decode is not None and fd is not None
+        page = self.levels[level]
+        assert page is not None
         tile_width, tile_height = page.tilewidth, page.tilelength
         tiles_across = -(-page.imagewidth // tile_width)
-        offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
         if out is None:
             out = np.empty((len(lxs), height, width, 3), np.uint8)
         for ty in range(ly // tile_height, (ly + height - 1) // tile_height + 1):
@@ -201,12 +210,7 @@ class _TileDecoder:
                 boxes = [(k, lx) for k, lx in enumerate(lxs) if lx < left + tile_width and left < lx + width]
                 if not boxes:
                     continue  # a gap between boxes
-                index = ty * tiles_across + tx
-                data = os.pread(fd, counts[index], offsets[index]) if counts[index] else None
-                tile = decode(data, index, jpegtables=tables)[0]
-                if tile is None:
-                    raise ValueError(f"tile {index} of level {level} did not decode")
-                tile = tile.reshape(tile_height, tile_width, 3)
+                tile = self._tile(level, ty * tiles_across + tx)
                 for k, lx in boxes:
                     col0, col1 = max(lx, left), min(lx + width, left + tile_width)
                     out[k, row0 - ly : row1 - ly, col0 - lx : col1 - lx] = tile[
@@ -219,25 +223,19 @@ class _TileDecoder:
         integer factor that divides the tile size this is a box average that
         never crosses a tile edge, so the pixels equal shrinking the whole
         level, without holding it (a ×20 slide's 8 µm/px level is 15 MB)."""
-        page, decode, fd = self.levels[level], self._decoders[level], self._fd
-        assert page is not None and decode is not None and fd is not None
+        page = self.levels[level]
+        assert page is not None
         tile_width, tile_height = page.tilewidth, page.tilelength
         width, height = page.imagewidth, page.imagelength
         if tile_width % factor or tile_height % factor or width % factor or height % factor:
             return None
         out = np.empty((height // factor, width // factor, 3), np.uint8)
         tiles_across = -(-width // tile_width)
-        offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
         for ty in range(-(-height // tile_height)):
             rows = min(tile_height, height - ty * tile_height)
             for tx in range(tiles_across):
                 cols = min(tile_width, width - tx * tile_width)
-                index = ty * tiles_across + tx
-                data = os.pread(fd, counts[index], offsets[index]) if counts[index] else None
-                tile = decode(data, index, jpegtables=tables)[0]
-                if tile is None:
-                    raise ValueError(f"tile {index} of level {level} did not decode")
-                tile = tile.reshape(tile_height, tile_width, 3)[:rows, :cols]
+                tile = self._tile(level, ty * tiles_across + tx)[:rows, :cols]
                 y0, x0 = ty * tile_height // factor, tx * tile_width // factor
                 target = out[y0 : y0 + rows // factor, x0 : x0 + cols // factor]
                 target[...] = cv2.resize(tile, (cols // factor, rows // factor), interpolation=cv2.INTER_AREA)
@@ -427,23 +425,13 @@ def file_fingerprint(path: Path) -> str:
     """``"{size}-{sha256}"`` of the first and last MiB: cheap and stable."""
     size = path.stat().st_size
     digest = hashlib.sha256()
-    spans = (
-        [(0, size)]
-        if size <= 2 * FINGERPRINT_CHUNK
-        else [(0, FINGERPRINT_CHUNK), (size - FINGERPRINT_CHUNK, size)]
-    )
-    buffer = memoryview(
-        bytearray(FINGERPRINT_PIECE)
-    )  # one small buffer: 8 MiB of fresh pages cost more than the hash
     with path.open("rb") as handle:
-        for start, stop in spans:
-            handle.seek(start)
-            while start < stop:
-                got = handle.readinto(buffer[: min(FINGERPRINT_PIECE, stop - start)])
-                if not got:
-                    break
-                digest.update(buffer[:got])
-                start += got
+        if size <= 2 * FINGERPRINT_CHUNK:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(FINGERPRINT_CHUNK))
+            handle.seek(size - FINGERPRINT_CHUNK)
+            digest.update(handle.read(FINGERPRINT_CHUNK))
     return f"{size}-{digest.hexdigest()}"
 
 
