@@ -137,6 +137,25 @@ def test_contour_shortcut_agrees_with_the_labelling() -> None:
     assert taken > 50  # the shortcut is exercised, not only the labelling
 
 
+def test_component_bound_holds_and_many_components_are_labelled_right() -> None:
+    """The raster-order bound is never below the true count (so 16-bit labels
+    never wrap), and 80,000 components (a 4-connected checkerboard) take the
+    32-bit path and are all dropped or all kept as they should be."""
+    from wsi_tools import tissue
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        mask = rng.random(tuple(int(v) for v in rng.integers(1, 40, 2))) < rng.random()
+        for connectivity in (4, 8):
+            count = cv2.connectedComponents(mask.view(np.uint8), connectivity=connectivity)[0] - 1
+            assert tissue._max_components(mask, connectivity) >= count
+    checker = (np.indices((400, 400)).sum(axis=0) % 2).astype(bool)
+    assert tissue._max_components(checker, 4) == 80_000
+    assert not tissue._drop_small_components(checker, 2, connectivity=4).any()
+    assert np.array_equal(tissue._drop_small_components(checker, 1, connectivity=4), checker)
+    assert np.array_equal(tissue._drop_small_components(checker, 80_000, connectivity=8), checker)
+
+
 def test_generated_slide_matches_its_ground_truth(slide_x20: Path, slide_x20_image: np.ndarray) -> None:
     with open_slide(slide_x20) as slide:
         tissue = detect_tissue(slide, target_mpp=8.0)
