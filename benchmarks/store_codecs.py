@@ -28,7 +28,7 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from wsi_tools import patch_codec
+from wsi_tools import fast_zstd, patch_codec
 from wsi_tools.synth import synthetic_tissue, tissue_content, write_aperio_svs
 
 P = 512
@@ -70,7 +70,7 @@ def _png_pil(level: int) -> tuple[Callable, Callable]:
 
 
 METHODS: dict[str, tuple[Callable, Callable]] = {
-    "store, fast: delta, transpose, delta, zstd -20 huf (chosen)": (
+    f"store, fast: delta, transpose, delta, zstd {fast_zstd.FAST_LEVEL} huf (chosen)": (
         patch_codec.encode_patch,
         lambda b: patch_codec.decode_patch(b, P),
     ),

@@ -8,9 +8,9 @@ negative level (``ZSTD_c_literalCompressionMode``); that parameter is in its
 advanced API, reached here with ctypes. The frames are ordinary zstd frames:
 any zstd decoder (zarr's ``zstd`` codec included) reads them.
 
-Measured on benchmark patches (``docs/store.md``): level -20 with minimum match
-7 and Huffman literals encodes a 512 px patch in 1.2 ms instead of level 1's
-2.1 ms, for 1-3 % more bytes.
+Measured on benchmark patches (``docs/store.md``): level -30 with minimum match
+7, hash log 14 and Huffman literals encodes a 512 px patch in 1.1 ms instead of
+level 1's 2.1 ms, for 2-8 % more bytes.
 
 The library is the libzstd that the imagecodecs wheel ships (so a clean
 install has it), else the system's. Where neither loads, or it is not a
@@ -32,9 +32,10 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 
-FAST_LEVEL = -20
+FAST_LEVEL = -30
 FAST_MIN_MATCH = 7
 FAST_WINDOW_LOG = 18  # a 256 KiB window: as small, slightly faster than the level's default
+FAST_HASH_LOG = 14  # one above the level's: -30 then packs the x20 benchmark patches as -20 did
 FALLBACK_LEVEL = 1
 # The literal-compression parameter's number is in zstd's experimental API,
 # whose values may change between minor versions: only 1.5.x is trusted.
@@ -43,6 +44,7 @@ MIN_VERSION, MAX_VERSION = 10500, 10600
 # ZSTD_cParameter values (zstd.h; the last is ZSTD_c_experimentalParam5)
 _COMPRESSION_LEVEL = 100
 _WINDOW_LOG = 101
+_HASH_LOG = 102
 _MIN_MATCH = 105
 _LITERAL_COMPRESSION_MODE = 1002
 _LITERALS_HUFFMAN = 1  # ZSTD_ps_enable
@@ -108,6 +110,7 @@ class _Context:
         settings = (
             (_COMPRESSION_LEVEL, FAST_LEVEL),
             (_WINDOW_LOG, FAST_WINDOW_LOG),
+            (_HASH_LOG, FAST_HASH_LOG),
             (_MIN_MATCH, FAST_MIN_MATCH),
             (_LITERAL_COMPRESSION_MODE, _LITERALS_HUFFMAN),
         )
@@ -149,6 +152,7 @@ def describe(fast: bool = True) -> dict[str, object]:
         return {
             "zstd_level": FAST_LEVEL,
             "window_log": FAST_WINDOW_LOG,
+            "hash_log": FAST_HASH_LOG,
             "min_match": FAST_MIN_MATCH,
             "literals": "huffman",
         }
