@@ -292,16 +292,16 @@ def bench_slide(name: str, slide_path: Path, work: Path, naive_sample: int, repe
     store_path = work / f"{name}.zarr"
     default_threads = ExtractionConfig.threads
     # The machine is shared: of a few runs, the least disturbed one. Each round
-    # runs the extraction (CLI default threads, then one thread) and the bound
-    # back to back, so that both sample the same background load.
+    # runs the extraction (one thread, then the CLI default) and the bound back
+    # to back, so that all three sample the same background load.
     runs: list[dict] = []
     single_thread_runs: list[dict] = []
     bounds: list[tuple[float, int]] = []
     for _ in range(repeats):
         single_thread_runs.append(run_child(slide_path, store_path, threads=1))
         runs.append(run_child(slide_path, store_path, threads=default_threads))
-        attrs = PatchStore(store_path).slide_attrs("bench")
-        coords = PatchStore(store_path).coords("bench")
+        store = PatchStore(store_path)
+        attrs, coords = store.slide_attrs("bench"), store.coords("bench")
         bounds.append(
             decode_bound_seconds(
                 slide_path, coords, attrs["level"], attrs["downsample"], attrs["resample_scale"]
@@ -379,6 +379,8 @@ def main() -> None:
     )
     parser.add_argument("--child", nargs=3, metavar=("SLIDE", "STORE", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.child:
         slide, store, threads = args.child
         child(slide, store, int(threads))
