@@ -1,0 +1,1 @@
+"""End-to-end flows (the four-step pipeline, ablations, the demo), installed as ``wsi_tools.pipelines``."""

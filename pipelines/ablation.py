@@ -27,13 +27,21 @@ from typing import Any
 
 import yaml
 
-from pipelines.hnm import HnmConfig, log, parse_hnm_config, run_seed
-from pipelines.report import METRIC_TITLES, RUN_COUNT_KEYS, TABLE_METRICS, format_mean_sd, summarize_runs
-from wsi_tools.config_file import read_yaml_mapping, required_path
+from wsi_tools.config_file import deep_merge, packaged_config, read_yaml_mapping, required_path
 from wsi_tools.errors import ConfigError
+from wsi_tools.mining.knn import METRICS
 from wsi_tools.mining.mine import MiningConfig
+from wsi_tools.options import Overrides, load_layered
+from wsi_tools.pipelines.hnm import HnmConfig, log, parse_hnm_config, run_seed
+from wsi_tools.pipelines.report import (
+    METRIC_TITLES,
+    RUN_COUNT_KEYS,
+    TABLE_METRICS,
+    format_mean_sd,
+    summarize_runs,
+)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ablation.yaml"
+DEFAULT_CONFIG = packaged_config("ablation.yaml")
 STUDIES = ("alpha", "metric", "limited", "imbalance")
 DEFAULT_VALUES: dict[str, tuple[Any, ...]] = {
     "alpha": (5, 10, 20, 50, 100),
@@ -48,45 +56,64 @@ class AblationConfig:
     hnm: HnmConfig
     studies: dict[str, tuple[Any, ...]] = field(default_factory=lambda: dict(DEFAULT_VALUES))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config: the pipeline's keys (recipe expanded) and the studies."""
+        return {
+            **self.hnm.to_dict(),
+            "studies": {name: list(values) for name, values in self.studies.items()},
+        }
 
-def load_ablation_config(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> AblationConfig:
-    """``configs/ablation.yaml``: ``pipeline`` (a pipeline config, relative to
-    this file), ``studies`` (study -> values, or null to skip) and any pipeline
-    key (``seeds``, ``train``, ``mining``, ...) overriding the pipeline config."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    mapping = read_yaml_mapping(path)
-    mapping.update(overrides or {})
+
+def _parse_ablation(mapping: Mapping[str, Any], source: str, base_dir: Path) -> AblationConfig:
+    mapping = dict(mapping)
     studies_mapping = mapping.pop("studies", None) or {}
+    if not isinstance(studies_mapping, Mapping):
+        raise ConfigError(f"{source}: 'studies' must be a section of study: [values] lines")
     base_name = mapping.pop("pipeline", None)
     base: dict[str, Any] = {}
-    base_dir = path.parent
+    pipeline_dir = base_dir
     if base_name:
-        base_path = path.parent / base_name
+        base_path = base_dir / str(base_name)
         base = read_yaml_mapping(base_path)
-        base_dir = base_path.parent
-    for key, value in mapping.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    hnm = parse_hnm_config(base, str(path), base_dir)
+        pipeline_dir = base_path.parent
+    hnm = parse_hnm_config(deep_merge(base, mapping), source, pipeline_dir)
     unknown = sorted(set(studies_mapping) - set(STUDIES))
     if unknown:
-        raise ConfigError(f"{path}: unknown stud(ies) {', '.join(unknown)}; known: {', '.join(STUDIES)}")
+        raise ConfigError(f"{source}: unknown stud(ies) {', '.join(unknown)}; known: {', '.join(STUDIES)}")
     studies: dict[str, tuple[Any, ...]] = {}
     for name in STUDIES:
         values = studies_mapping.get(name, list(DEFAULT_VALUES[name]))
         if values is None or values is False:
             continue
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: studies.{name} must be a non-empty list or null (skip)")
+            raise ConfigError(f"{source}: studies.{name} must be a non-empty list or null (skip)")
         studies[name] = tuple(values)
     for value in studies.get("limited", ()) + studies.get("imbalance", ()):
-        if not 0 < float(value) <= 1:
-            raise ConfigError(f"{path}: limited/imbalance fractions must be in (0, 1], got {value}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= 1:
+            raise ConfigError(f"{source}: limited/imbalance fractions must be in (0, 1], got {value!r}")
+    for value in studies.get("alpha", ()):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{source}: studies.alpha values must be whole numbers >= 1, got {value!r}")
+    for value in studies.get("metric", ()):
+        if value not in METRICS:
+            raise ConfigError(
+                f"{source}: studies.metric values must be among {', '.join(METRICS)}, got {value!r}"
+            )
     return AblationConfig(hnm=hnm, studies=studies)
+
+
+def load_ablation_config(path: str | Path | None = None, overrides: Overrides = ()) -> AblationConfig:
+    """``configs/ablation.yaml``: ``pipeline`` (a pipeline config, relative to
+    this file), ``studies`` (study -> values, or null to skip) and any pipeline
+    key (``seeds``, ``train``, ``mining``, ...) deep-merged over the pipeline config;
+    then the overrides, deep-merged too."""
+    base_dir = (Path(path) if path else DEFAULT_CONFIG).parent
+    return load_layered(
+        path,
+        overrides,
+        lambda mapping, source: _parse_ablation(mapping, source, base_dir),
+        default_path=DEFAULT_CONFIG,
+    )
 
 
 def _conditions(config: AblationConfig, only: Sequence[str] | None) -> dict[str, dict[str, Any]]:

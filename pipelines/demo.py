@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.hnm import HnmConfig, log, parse_hnm_config, run_pipeline
 from wsi_tools.cohort import Cohort, CohortConfig, generate_cohort
-from wsi_tools.config_file import read_yaml_mapping
+from wsi_tools.config_file import packaged_config
 from wsi_tools.errors import ConfigError
+from wsi_tools.options import Overrides, load_layered
+from wsi_tools.pipelines.hnm import HnmConfig, config_section, log, parse_hnm_config, run_pipeline
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-DEMO_KEYS = ("cohort", "extraction", "workers")
+DEFAULT_CONFIG = packaged_config("demo.yaml")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,18 @@ class DemoConfig:
     extraction: dict[str, Any]  # batch extraction settings (configs/extract.yaml keys)
     workers: int
     hnm: HnmConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config in the YAML's shape: cohort, extraction, workers, then the pipeline."""
+        cohort = {
+            key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(self.cohort).items()
+        }
+        return {
+            "cohort": cohort,
+            "extraction": dict(self.extraction),
+            "workers": self.workers,
+            **self.hnm.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -49,35 +61,41 @@ class DemoResult:
     summary: str
 
 
-def load_demo_config(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> DemoConfig:
-    path = Path(path) if path else DEFAULT_CONFIG
-    mapping = read_yaml_mapping(path)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, Mapping) and isinstance(mapping.get(key), Mapping):
-            mapping[key] = {**mapping[key], **value}
-        else:
-            mapping[key] = value
-    cohort_mapping = dict(mapping.pop("cohort", None) or {})
-    extraction = dict(mapping.pop("extraction", None) or {})
+def _parse_demo(mapping: Mapping[str, Any], source: str, base_dir: Path) -> DemoConfig:
+    mapping = dict(mapping)
+    cohort_mapping = config_section(mapping, "cohort", source)
+    extraction = config_section(mapping, "extraction", source)
+    mapping.pop("cohort", None)
+    mapping.pop("extraction", None)
     workers = mapping.pop("workers", 2)
     known = {f.name for f in dataclasses.fields(CohortConfig)}
     unknown = sorted(set(cohort_mapping) - known)
     if unknown:
         raise ConfigError(
-            f"{path}: unknown cohort key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            f"{source}: unknown cohort key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     for key in ("positives_per_slide", "negatives_per_slide", "vessel_radius_um"):
         if key in cohort_mapping:
             cohort_mapping[key] = tuple(cohort_mapping[key])
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"{path}: workers must be a positive integer, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"{source}: workers must be a positive integer, got {workers!r}")
     return DemoConfig(
         cohort=CohortConfig(**cohort_mapping),
         extraction=extraction,
         workers=workers,
-        hnm=parse_hnm_config(mapping, str(path), path.parent),
+        hnm=parse_hnm_config(mapping, source, base_dir),
+    )
+
+
+def load_demo_config(path: str | Path | None = None, overrides: Overrides = ()) -> DemoConfig:
+    """``configs/demo.yaml`` (or ``path``): the cohort, extraction and workers, plus the
+    pipeline's keys; then the overrides, deep-merged."""
+    base_dir = (Path(path) if path else DEFAULT_CONFIG).parent
+    return load_layered(
+        path,
+        overrides,
+        lambda mapping, source: _parse_demo(mapping, source, base_dir),
+        default_path=DEFAULT_CONFIG,
     )
 
 

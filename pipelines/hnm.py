@@ -22,7 +22,6 @@ Folder layout: ``OUT/seed_<s>/{init.pt, weak/, mining/, strong/, *.png}``,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -33,22 +32,40 @@ from typing import Any
 
 import yaml
 
-from pipelines.report import format_mean_sd, read_test_rows, seeds_markdown, summarize_runs, table2_markdown
-from wsi_tools.config_file import read_yaml_mapping, required_path
+from wsi_tools.config_file import deep_merge, packaged_config, read_yaml_mapping, required_path
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.mine import MiningConfig
-from wsi_tools.train.config import TrainConfig, load_config
+from wsi_tools.options import Overrides, at_least, from_mapping, load_layered, option, to_plain, validate
+from wsi_tools.pipelines.report import (
+    format_mean_sd,
+    read_test_rows,
+    seeds_markdown,
+    summarize_runs,
+    table2_markdown,
+)
+from wsi_tools.train.config import TrainConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hnm.yaml"
+DEFAULT_CONFIG = packaged_config("hnm.yaml")
 
 
 @dataclass(frozen=True)
 class FigureConfig:
-    enabled: bool = True
-    tsne_points: int = 1500  # patches per t-SNE panel (FPs and mined always kept)
-    gradcam_patches: int = 4  # test FPs and TPs of the weak model shown, each
-    gallery_queries: int = 6  # false positives in the mined gallery
-    gallery_hits: int = 5  # nearest weak patches shown per false positive
+    enabled: bool = option(True, "write tsne.png, gradcam.png and mined_gallery.png per seed")
+    tsne_points: int = option(
+        1500,
+        "patches in each t-SNE panel (false positives and mined patches are always kept)",
+        check=at_least(10),
+    )
+    gradcam_patches: int = option(
+        4,
+        "test-split false positives and true positives of the weak model in gradcam.png (each)",
+        check=at_least(1),
+    )
+    gallery_queries: int = option(6, "false positives in mined_gallery.png", check=at_least(1))
+    gallery_hits: int = option(5, "nearest weak patches shown for each false positive", check=at_least(1))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -66,31 +83,25 @@ class HnmConfig:
     weak_holdout: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The effective config in the YAML's own shape (the recipe expanded in ``train``):
+        fed back as a config, it gives the same pipeline."""
+        plain = to_plain(self)
         return {
-            "store": self.store,
-            "out": self.out,
-            "seeds": list(self.seeds),
-            "train": self.train.to_dict(),
-            "mining": dataclasses.asdict(self.mining),
-            "figures": dataclasses.asdict(self.figures),
-            "weak_holdout": self.weak_holdout,
+            key: plain[key] for key in ("store", "out", "seeds", "weak_holdout", "train", "mining", "figures")
         }
 
 
 TOP_KEYS = ("store", "out", "seeds", "train_config", "train", "mining", "figures", "weak_holdout")
 
 
-def _section(mapping: Mapping[str, Any], cls: type, source: str, name: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) in '{name}': {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    try:
-        return cls(**mapping)
-    except TypeError as error:
-        raise ConfigError(f"{source}: bad '{name}' section ({error})") from None
+def config_section(mapping: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    """A section of a config mapping (absent or null: empty), refused unless a mapping."""
+    value = mapping.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: '{key}' must be a section of key: value lines, got {value!r}")
+    return dict(value)
 
 
 def parse_hnm_config(mapping: Mapping[str, Any], source: str, base_dir: Path) -> HnmConfig:
@@ -99,36 +110,55 @@ def parse_hnm_config(mapping: Mapping[str, Any], source: str, base_dir: Path) ->
     unknown = sorted(set(mapping) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(TOP_KEYS)}")
-    recipe = mapping.get("train_config")
-    recipe_path = (base_dir / recipe) if recipe else None
-    train = load_config(recipe_path, dict(mapping.get("train") or {}))
-    mining_mapping = dict(mapping.get("mining") or {})
-    mining_mapping.setdefault("threshold", train.threshold)
+    recipe_mapping: dict[str, Any] = {}
+    if mapping.get("train_config"):
+        recipe_path = base_dir / str(mapping["train_config"])
+        recipe_mapping = read_yaml_mapping(recipe_path)
+        TrainConfig.from_mapping(recipe_mapping, str(recipe_path))  # an error in the recipe names it
+    train = from_mapping(
+        TrainConfig, deep_merge(recipe_mapping, config_section(mapping, "train", source)), source, "train"
+    )
+    mining = from_mapping(
+        MiningConfig,
+        {"threshold": train.threshold, **config_section(mapping, "mining", source)},
+        source,
+        "mining",
+    )
+    figures = from_mapping(FigureConfig, config_section(mapping, "figures", source), source, "figures")
     seeds = mapping.get("seeds", [0, 1, 2])
-    if isinstance(seeds, int):
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(seeds))
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    if (
+        not isinstance(seeds, list | tuple)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)
+    ):
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of non-negative integers (or a count)")
     weak_holdout = mapping.get("weak_holdout", 0)
-    if not isinstance(weak_holdout, int) or weak_holdout < 0:
+    if not isinstance(weak_holdout, int) or isinstance(weak_holdout, bool) or weak_holdout < 0:
         raise ConfigError(f"{source}: 'weak_holdout' must be a number of weak slides (0 or more)")
     return HnmConfig(
         train=train,
-        mining=_section(mining_mapping, MiningConfig, source, "mining"),
+        mining=mining,
         seeds=tuple(seeds),
         store=mapping.get("store"),
         out=mapping.get("out"),
-        figures=_section(dict(mapping.get("figures") or {}), FigureConfig, source, "figures"),
+        figures=figures,
         weak_holdout=weak_holdout,
     )
 
 
-def load_hnm_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> HnmConfig:
-    """Read ``configs/hnm.yaml`` (or ``path``), with top-level ``overrides``."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    mapping = read_yaml_mapping(path)
-    mapping.update(overrides or {})
-    return parse_hnm_config(mapping, str(path), path.parent)
+def load_hnm_config(path: str | Path | None = None, overrides: Overrides = ()) -> HnmConfig:
+    """Read ``configs/hnm.yaml`` (or ``path``), then the overrides (``--set`` strings with
+    dotted keys, or a mapping), each deep-merged: ``mining.alpha=10`` keeps the other
+    ``mining`` keys of the file."""
+    base_dir = (Path(path) if path else DEFAULT_CONFIG).parent
+    return load_layered(
+        path,
+        overrides,
+        lambda mapping, source: parse_hnm_config(mapping, source, base_dir),
+        default_path=DEFAULT_CONFIG,
+    )
 
 
 # ------------------------------------------------------------------ the steps
@@ -269,7 +299,7 @@ def run_seed(
             },
         }
         if config.figures.enabled:
-            from pipelines.pictures import seed_figures
+            from wsi_tools.pipelines.pictures import seed_figures
 
             record["figures"] = seed_figures(
                 store, weak, strong, mining, recipe, config.figures, seed_dir, suffix, mining_config.metric

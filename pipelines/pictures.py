@@ -72,7 +72,7 @@ def gradcam_figure(
     (a picture only: the test split never feeds training)."""
     import torch
 
-    from pipelines.report import read_test_rows
+    from wsi_tools.pipelines.report import read_test_rows
     from wsi_tools.train.augment import BatchTransform
     from wsi_tools.train.trainer import load_model
 

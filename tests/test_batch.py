@@ -185,6 +185,31 @@ def test_complete_slides_are_skipped_without_a_cluster_and_changed_settings_are_
     assert file_states(store_path) == before
 
 
+@pytest.mark.parametrize(
+    ("changed", "expected"),
+    [
+        ({"compression": "compact"}, "compression 'fast' (now 'compact')"),
+        ({"backend": "tiffslide"}, "backend 'auto' (now 'tiffslide')"),
+        ({"tolerance": 0.1}, "tolerance 0.05 (now 0.1)"),
+        ({"ignore_unknown_groups": True}, "ignore_unknown_groups False (now True)"),
+        ({"label_map": "camelyon"}, "label_map None (now 'camelyon')"),
+    ],
+)
+def test_every_output_changing_setting_is_compared_on_a_rerun(
+    mixed_run: tuple[Path, int, dict], archive: Path, changed: dict, expected: str
+) -> None:
+    # The compared keys come from ExtractionConfig's field metadata, not a hand-kept list.
+    settings = load_settings(None, {**SETTINGS, **changed})
+    options = BatchOptions(scheduler="tcp://127.0.0.1:9", progress=False)
+    report = run_batch(archive / "good.csv", mixed_run[0], settings, options)
+    assert {o.status for o in report.slides} == {"skipped"}
+    assert len(report.warnings) == len(GOOD) and all(expected in warning for warning in report.warnings)
+    threads_only = run_batch(
+        archive / "good.csv", mixed_run[0], load_settings(None, {**SETTINGS, "threads": 3}), options
+    )
+    assert threads_only.warnings == []  # how fast, not what: never flagged
+
+
 def test_one_and_two_workers_give_the_same_store(
     mixed_run: tuple[Path, int, dict], archive: Path, tmp_path: Path
 ) -> None:

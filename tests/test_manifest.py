@@ -215,12 +215,13 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("patch_sise: 256\n", "unknown key 'patch_sise'"),
-        ("patch_size: big\n", "patch_size must be a whole number"),
-        ("fraction: 2\n", "fraction must be in (0, 1]"),
-        ("compression: tiny\n", "compression must be one of fast, compact"),
+        # One error format for every config: the key, the value, then what is wrong.
+        ("patch_size: big\n", "'patch_size': 'big' (expected an integer)"),
+        ("fraction: 2\n", "'fraction': 2.0 (must be in (0, 1])"),
+        ("compression: tiny\n", "'compression': 'tiny' (must be one of fast, compact)"),
         ("set: hard\n", "set per slide in the manifest"),
         ("target_mpp: 2\nmagnification: 5\n", "not both"),
-        ("backend: pillow\n", "backend must be one of"),
+        ("backend: pillow\n", "'backend': 'pillow' (must be one of"),
         ("- a list\n", "must be a mapping"),
     ],
 )

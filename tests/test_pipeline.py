@@ -27,7 +27,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
-    from pipelines.hnm import load_hnm_config, run_pipeline
+    from wsi_tools.pipelines.hnm import load_hnm_config, run_pipeline
     from wsi_tools.train.toy import write_toy_store
 
     root = tmp_path_factory.mktemp("pipeline")
@@ -118,7 +118,7 @@ def test_strong_starts_from_the_weak_models_initial_weights(pipeline_run):
 
 
 def test_compare_test_rows_refuses_different_test_sets(tmp_path):
-    from pipelines.hnm import compare_test_rows
+    from wsi_tools.pipelines.hnm import compare_test_rows
 
     header = "slide_id,x,y,label,prob,split\n"
     (tmp_path / "a").mkdir()
@@ -160,8 +160,8 @@ def test_mine_cli_runs_steps_2_and_3(pipeline_run, tmp_path, capsys):
 
 
 def test_bad_configs_name_the_key(tmp_path, capsys):
-    from pipelines.ablation import load_ablation_config
-    from pipelines.hnm import load_hnm_config
+    from wsi_tools.pipelines.ablation import load_ablation_config
+    from wsi_tools.pipelines.hnm import load_hnm_config
 
     with pytest.raises(ConfigError, match="alpah"):
         load_hnm_config(None, {"mining": {"alpah": 3}})
@@ -177,7 +177,7 @@ def test_bad_configs_name_the_key(tmp_path, capsys):
 
 
 def test_ablation_conditions_share_the_weak_model(pipeline_run, tmp_path):
-    from pipelines.ablation import load_ablation_config, run_ablation
+    from wsi_tools.pipelines.ablation import load_ablation_config, run_ablation
 
     store, _, _ = pipeline_run
     config = load_ablation_config(

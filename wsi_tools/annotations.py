@@ -62,6 +62,7 @@ from lxml import etree
 from shapely.geometry import MultiPoint, MultiPolygon, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from wsi_tools.config_file import packaged_config
 from wsi_tools.errors import AnnotationError, ConfigError
 
 ANNOTATION_TYPES = ("polygon", "spline", "rectangle", "dot", "pointset")
@@ -79,7 +80,7 @@ UNGROUPED = "<no group>"  # how annotations without a group show in reports
 DEFAULT_ANNOTATION_COLOR = "#F4FA58"  # ASAP's own default
 GROUP_PALETTE = ("#FF0000", "#00A000", "#0000FF", "#FF00FF", "#00A0A0", "#A05000", "#808080")
 
-LABEL_MAP_DIR = Path(__file__).resolve().parents[1] / "configs" / "labels"
+LABEL_MAP_DIR = packaged_config("labels")
 DEFAULT_LABEL_MAP = LABEL_MAP_DIR / "lymphatic_invasion.yaml"
 LABEL_RANGE = (0, 127)  # the patch store keeps labels as int8; negatives are reserved
 

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from wsi_tools.errors import ConfigError
+
+
+def packaged_config(name: str) -> Path:
+    """A file or folder of the default configs (``configs/`` in the repo, ``wsi_tools.configs``
+    once installed), e.g. ``packaged_config("hnm.yaml")`` or ``packaged_config("labels")``."""
+    # Wheels install unpacked, so the resource is a real path that relative references
+    # (train_config: train.yaml) can be resolved against.
+    return Path(str(resources.files("wsi_tools.configs") / name))
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it: nested mappings are merged key by key (an
+    override of ``mining.alpha`` keeps the other ``mining`` keys); any other value replaces."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

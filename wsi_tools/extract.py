@@ -62,6 +62,16 @@ from shapely.geometry import box
 from wsi_tools import __version__, patch_codec
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins
+from wsi_tools.options import (
+    at_least,
+    between,
+    one_of,
+    option,
+    positive,
+    proper_fraction,
+    unit_interval,
+    validate,
+)
 from wsi_tools.store import PatchStore, now_iso, sanitize_slide_id
 
 if TYPE_CHECKING:
@@ -80,48 +90,45 @@ SPAN_WINDOWS = 16  # windows per read, so that tiles shared by neighbours are de
 SPAN_BYTES = 64 * 2**20  # level pixels per read: bounds memory when a plan shrinks a lot
 
 
+def _below_one(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
 @dataclass(frozen=True)
 class ExtractionConfig:
     """What to extract; defaults follow the paper (512 px at ×5 = 2.0 µm/px)."""
 
-    set: str
-    target_mpp: float = 2.0
-    patch_size: int = 512
-    fraction: float = 1 / 3
-    seed: int = 0
-    min_tissue: float = 0.5
-    cover: bool = False
-    label_map: str | None = None
-    ignore_unknown_groups: bool = False
-    backend: str = "auto"
-    slide_mpp: float | None = None
-    tolerance: float = 0.05
-    threads: int = 2  # threads that each read and encode a span of windows
-    compression: str = "fast"  # zstd of the patches: fast, or compact (level 1: smaller, slower)
+    set: str = option(
+        help="hard (annotation crops) | weak (a seeded share of the tissue grid)", check=one_of(*SETS)
+    )
+    target_mpp: float = option(2.0, "µm/px of the patches (×5 = 2.0)", check=positive)
+    patch_size: int = option(512, "patch side in px at target_mpp", check=at_least(8))
+    fraction: float = option(
+        1 / 3, "weak set: seeded share of the tissue windows kept", check=proper_fraction
+    )
+    seed: int = option(0, "weak set: seed of the fraction (with the slide id)", check=between(0, 2**32 - 1))
+    min_tissue: float = option(0.5, "weak set: least tissue share of a window", check=unit_interval)
+    cover: bool = option(False, "hard set: tile a region larger than one window instead of one centred crop")
+    label_map: str | None = option(None, "label map YAML, or a shipped name (default lymphatic_invasion)")
+    ignore_unknown_groups: bool = option(False, "skip annotation groups the label map does not name")
+    backend: str = option("auto", "slide reader: auto | openslide | tiffslide", check=one_of(*BACKENDS))
+    slide_mpp: float | None = option(
+        None, "µm/px of level 0 when the slide does not record it", check=positive
+    )
+    tolerance: float = option(
+        0.05, "relative mpp difference within which a pyramid level is read as is", check=_below_one
+    )
+    threads: int = option(
+        2, "threads that each read and encode a span of windows", check=at_least(1), output=False
+    )
+    compression: str = option(
+        "fast",
+        "zstd of the patches: fast, or compact (level 1: smaller, slower)",
+        check=one_of(*patch_codec.COMPRESSIONS),
+    )
 
-    def validate(self) -> None:
-        if self.set not in SETS:
-            raise ConfigError(f"set must be one of {', '.join(SETS)}, got {self.set!r}")
-        checks = [
-            (self.target_mpp > 0, f"target mpp must be positive, got {self.target_mpp}"),
-            (self.patch_size >= 8, f"patch size must be at least 8 px, got {self.patch_size}"),
-            (0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}"),
-            (0 <= self.min_tissue <= 1, f"min tissue must be in [0, 1], got {self.min_tissue}"),
-            (0 <= self.tolerance < 1, f"tolerance must be in [0, 1), got {self.tolerance}"),
-            (
-                self.slide_mpp is None or self.slide_mpp > 0,
-                f"slide mpp must be positive, got {self.slide_mpp}",
-            ),
-            (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
-            (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
-            (
-                self.compression in patch_codec.COMPRESSIONS,
-                f"compression must be one of {', '.join(patch_codec.COMPRESSIONS)}, got {self.compression!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"extraction settings: {message}")
+    def __post_init__(self) -> None:
+        validate(self)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -378,7 +385,6 @@ def extract_slide(
 
     started_clock = time.perf_counter()
     started = now_iso()
-    config.validate()
     slide_path = Path(slide_path)
     slide_id = sanitize_slide_id(slide_id if slide_id is not None else slide_path.stem)
     if config.set == "hard" and annotation_path is None:

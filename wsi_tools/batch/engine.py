@@ -32,12 +32,11 @@ from typing import Any
 from wsi_tools.batch.isolate import run_isolated
 from wsi_tools.batch.manifest import Manifest, ManifestEntry, read_manifest
 from wsi_tools.batch.report import BatchReport, SlideOutcome, new_run_id, utc_now, write_report
-from wsi_tools.batch.settings import extraction_config, load_settings
+from wsi_tools.batch.settings import compared_settings, extraction_config, load_settings
 from wsi_tools.errors import ConfigError
 
 REPORT_EVERY_S = 10.0  # a live report.json, so even a kill -9 leaves an account of the run
 # Settings whose change makes an already-complete slide differ from what this run would write.
-COMPARED_SETTINGS = ("target_mpp", "patch_size", "fraction", "seed", "min_tissue", "cover")
 
 
 @dataclass(frozen=True)
@@ -274,7 +273,7 @@ def _skipped_outcomes(
         stored = attrs.get("params") or attrs
         differ = [
             f"{key} {stored[key]!r} (now {settings[key]!r})"
-            for key in COMPARED_SETTINGS
+            for key in compared_settings()
             if key in stored and key in settings and stored[key] != settings[key]
         ]
         if differ:

@@ -20,6 +20,7 @@ from typing import Any
 from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import mpp_for_magnification
+from wsi_tools.options import default_of, output_keys
 
 PER_SLIDE_KEYS = ("set", "slide_mpp")  # from the manifest, never from the config
 # A batch runs one slide per worker process, one process per core: encoder
@@ -31,14 +32,11 @@ def default_settings() -> dict[str, Any]:
     """ExtractionConfig's defaults for every key a config file may set (threads: 1)."""
     from wsi_tools.extract import ExtractionConfig
 
-    settings = {}
-    for field in dataclasses.fields(ExtractionConfig):
-        if field.name in PER_SLIDE_KEYS:
-            continue
-        if field.default is not dataclasses.MISSING:
-            settings[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            settings[field.name] = field.default_factory()
+    settings = {
+        spec.name: default_of(spec)
+        for spec in dataclasses.fields(ExtractionConfig)
+        if spec.name not in PER_SLIDE_KEYS
+    }
     settings.update({key: value for key, value in BATCH_DEFAULTS.items() if key in settings})
     return settings
 
@@ -52,26 +50,13 @@ def _number(key: str, value: Any, origin: str) -> float:
     return float(value)
 
 
-def _coerce(key: str, value: Any, default: Any, origin: str) -> Any:
-    """Check one value against the type of its default (ranges: ExtractionConfig.validate)."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{origin}: {key} must be true or false, got {value!r}")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{origin}: {key} must be a whole number, got {value!r}")
-    elif isinstance(default, float):
-        value = _number(key, value, origin)
-    elif value is not None and not isinstance(value, str):
-        raise ConfigError(f"{origin}: {key} must be text, got {value!r}")
-    return value
-
-
 def _apply(settings: dict[str, Any], values: Mapping[str, Any], origin: str, base: Path | None) -> None:
+    """``values`` over ``settings``, checked and coerced by ExtractionConfig's own fields."""
     defaults = default_settings()
     known = sorted([*defaults, "magnification"])
     if "magnification" in values and "target_mpp" in values:
         raise ConfigError(f"{origin}: give target_mpp or magnification, not both")
+    merged = dict(settings)
     for key, value in values.items():
         if key == "magnification":
             magnification = _number(key, value, origin)
@@ -82,16 +67,18 @@ def _apply(settings: dict[str, Any], values: Mapping[str, Any], origin: str, bas
             raise ConfigError(f"{origin}: {key} is set per slide in the manifest, not in the config")
         if key not in defaults:
             raise ConfigError(f"{origin}: unknown key {key!r}; known keys: {', '.join(known)}")
-        value = _coerce(key, value, defaults[key], origin)
-        if key == "label_map" and value is not None and base is not None and (base / value).is_file():
+        if isinstance(defaults[key], float) and isinstance(value, str):
+            value = _number(key, value, origin)
+        if key == "label_map" and isinstance(value, str) and base is not None and (base / value).is_file():
             # Relative to the config file (or the shell for a flag): workers may run elsewhere.
             # Anything else stays as is: a bare name such as "camelyon" names a shipped map.
             value = str((base / value).resolve())
-        settings[key] = value
+        merged[key] = value
     try:
-        extraction_config(settings, "weak", None)
+        config = extraction_config(merged, "weak", None)
     except ConfigError as error:
         raise ConfigError(f"{origin}: {error}") from None
+    settings.update({key: getattr(config, key) for key in merged})
 
 
 def load_settings(
@@ -109,10 +96,16 @@ def load_settings(
     return settings
 
 
+def compared_settings() -> tuple[str, ...]:
+    """The settings that change what a slide's group holds: a slide extracted with other
+    values is not the same output (threads, for one, is not among them)."""
+    from wsi_tools.extract import ExtractionConfig
+
+    return tuple(key for key in output_keys(ExtractionConfig) if key not in PER_SLIDE_KEYS)
+
+
 def extraction_config(settings: Mapping[str, Any], set_name: str, slide_mpp: float | None):  # type: ignore[no-untyped-def]
     """The ExtractionConfig of one slide: the batch settings plus its manifest row."""
     from wsi_tools.extract import ExtractionConfig
 
-    config = ExtractionConfig(set=set_name, slide_mpp=slide_mpp, **settings)
-    config.validate()
-    return config
+    return ExtractionConfig(set=set_name, slide_mpp=slide_mpp, **settings)

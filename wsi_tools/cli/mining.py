@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+
+from wsi_tools.cli._common import add_print_config, print_config
+from wsi_tools.options import add_flags
 
 MINE_DESCRIPTION = """\
 Steps 2-3 of the method for a trained weak model: its false positives
@@ -63,6 +65,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
     )
+    add_print_config(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,28 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mine.add_argument(
         "--out", required=True, metavar="DIR", help="folder for mined.csv and the feature cache"
     )
-    mine.add_argument(
-        "--alpha", type=int, default=20, help="nearest weak patches per false positive (default 20)"
-    )
-    mine.add_argument("--metric", choices=("l2", "cosine"), default="l2", help="kNN metric (default l2)")
-    mine.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="a negative scored >= this is a false positive (default: the model's training threshold, 0.1)",
-    )
-    mine.add_argument(
-        "--fp-source",
-        choices=("train", "val", "train+val"),
-        default="train",
-        help="split(s) the false positives come from; never test (default train)",
-    )
-    mine.add_argument(
-        "--knn-backend",
-        choices=("torch", "faiss"),
-        default="torch",
-        help="exact kNN backend; faiss needs faiss installed (default torch)",
-    )
+    from wsi_tools.mining.mine import MiningConfig
+
+    add_flags(mine, MiningConfig, ("threshold", "fp_source", "alpha", "metric", "knn_backend"))
     mine.add_argument(
         "--exclude-slide",
         action="append",
@@ -109,9 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SLIDE_ID",
         help="a weak slide to keep out of the mining pool, e.g. one held out for evaluation (repeatable; default none)",
     )
-    mine.add_argument("--batch-size", type=int, default=128, help="patches per batch (default 128)")
-    mine.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
-    mine.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_flags(mine, MiningConfig, ("batch_size", "num_workers", "device"))
     mine.add_argument("--no-progress", action="store_true", help="no progress bars (default: on a terminal)")
     mine.set_defaults(func=run_mine)
 
@@ -166,45 +148,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run_demo)
 
 
-def parse_overrides(texts: list[str]) -> dict[str, Any]:
-    """``a.b=value`` strings into a nested mapping (values read as YAML)."""
-    from wsi_tools.train.config import parse_override
-
-    nested: dict[str, Any] = {}
-    for text in texts:
-        key, value = parse_override(text)
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
 def run_mine(args: argparse.Namespace) -> int:
     from wsi_tools.mining.mine import MiningConfig, run_mining
+    from wsi_tools.options import from_mapping, given_flags
     from wsi_tools.train.trainer import read_checkpoint
 
-    threshold = args.threshold
-    if threshold is None:
-        threshold = float(read_checkpoint(args.checkpoint)["config"].get("threshold", 0.1))
-    config = MiningConfig(
-        threshold=threshold,
-        fp_source=args.fp_source,
-        alpha=args.alpha,
-        metric=args.metric,
-        knn_backend=args.knn_backend,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
+    flags = given_flags(args, MiningConfig)
+    if "threshold" not in flags:  # the model's own decision threshold
+        flags["threshold"] = float(read_checkpoint(args.checkpoint)["config"].get("threshold", 0.1))
+    config: MiningConfig = from_mapping(
+        MiningConfig, {**flags, "progress": not args.no_progress}, "command line"
     )
     result = run_mining(args.checkpoint, args.store, args.out, config, exclude_slides=args.exclude_slide)
     fps = result.false_positives
     print(
-        f"{len(fps.table)} false positive(s) among {fps.n_candidates} {args.fp_source} negatives "
-        f"(threshold {threshold}); {len(result.mined)} weak patch(es) mined from {result.weak_pool_size} "
-        f"(alpha {args.alpha}, {args.metric}); features {'reused from' if result.cache_reused else 'cached in'} "
+        f"{len(fps.table)} false positive(s) among {fps.n_candidates} {config.fp_source} negatives "
+        f"(threshold {config.threshold}); {len(result.mined)} weak patch(es) mined from {result.weak_pool_size} "
+        f"(alpha {config.alpha}, {config.metric}); features {'reused from' if result.cache_reused else 'cached in'} "
         f"{result.cache_path}"
     )
     print(f"mined list: {result.csv_path}")
@@ -214,9 +174,11 @@ def run_mine(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines.hnm import load_hnm_config, run_pipeline
+    from wsi_tools.pipelines.hnm import load_hnm_config, run_pipeline
 
-    config = load_hnm_config(args.config, parse_overrides(args.overrides))
+    config = load_hnm_config(args.config, args.overrides)
+    if args.print_config:
+        return print_config(config.to_dict())
     run_pipeline(config, args.store, args.out)
     print((Path(args.out or config.out) / "report.md").read_text())
     return 0
@@ -225,18 +187,22 @@ def run_run(args: argparse.Namespace) -> int:
 def run_ablate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines.ablation import load_ablation_config, run_ablation
+    from wsi_tools.pipelines.ablation import load_ablation_config, run_ablation
 
-    config = load_ablation_config(args.config, parse_overrides(args.overrides))
+    config = load_ablation_config(args.config, args.overrides)
+    if args.print_config:
+        return print_config(config.to_dict())
     run_ablation(config, args.store, args.out, only=args.only)
     print((Path(args.out or config.hnm.out) / "report.md").read_text())
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from pipelines import demo
+    from wsi_tools.pipelines import demo
 
-    config = demo.load_demo_config(args.config, parse_overrides(args.overrides))
+    config = demo.load_demo_config(args.config, args.overrides)
+    if args.print_config:
+        return print_config(config.to_dict())
     result = demo.run_demo(config, args.out, workers=args.workers)
     print(result.summary)
     sys.stdout.flush()

@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from wsi_tools.cli._common import add_print_config, print_config
+from wsi_tools.options import load_layered
 from wsi_tools.train.config import describe_keys, load_config
 
 TRAIN_DESCRIPTION = """\
@@ -69,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bars (default: shown on a terminal)"
     )
+    add_print_config(parser)
     parser.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -132,10 +135,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.config:
         # Continue with the checkpoint's own recipe, plus any --set.
-        base = TrainConfig.from_mapping(read_checkpoint(args.resume)["config"], f"{args.resume} (config)")
-        config = load_config(None, {**base.to_dict(), **dict(_parse(args.overrides))})
+        recipe = (f"{args.resume} (config)", read_checkpoint(args.resume)["config"])
+        config = load_layered(None, args.overrides, TrainConfig.from_mapping, base=recipe)
     else:
         config = load_config(args.config, args.overrides)
+    if args.print_config:
+        return print_config(config.to_dict())
     result = train(
         config,
         args.store,
@@ -147,12 +152,6 @@ def run_train(args: argparse.Namespace) -> int:
         print(_summary(result.metrics))
         print(f"run folder: {result.run_dir}  best checkpoint: {result.best_checkpoint}")
     return 0
-
-
-def _parse(overrides: list[str]) -> list[tuple[str, object]]:
-    from wsi_tools.train.config import parse_override
-
-    return [parse_override(text) for text in overrides]
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.knn import METRICS, KnnResult, knn_search
+from wsi_tools.options import at_least, device_name, one_of, option, unit_interval, validate
 from wsi_tools.train.data import PatchRef, PatchTable, select_patches
 
 FP_SOURCES: dict[str, tuple[str, ...]] = {
@@ -37,31 +38,50 @@ FP_SOURCES: dict[str, tuple[str, ...]] = {
 MINED_COLUMNS = ("query_slide_id", "query_x", "query_y", "slide_id", "x", "y", "distance", "rank")
 
 
+def _check_fp_source(value: str) -> str | None:
+    if value in FP_SOURCES:
+        return None
+    return f"must be one of {', '.join(FP_SOURCES)} (the test split is never mined)"
+
+
 @dataclass(frozen=True)
 class MiningConfig:
     """Steps 2-3 parameters (the paper's defaults)."""
 
-    threshold: float = 0.1  # a negative scored >= threshold is a false positive
-    fp_source: str = "train"  # train | val | train+val (never test)
-    alpha: int = 20  # nearest weak patches per false positive
-    metric: str = "l2"  # l2 | cosine
-    knn_backend: str = "torch"  # torch | faiss
-    batch_size: int = 128
-    num_workers: int = 0
-    device: str = "auto"
-    progress: bool = False
+    threshold: float = option(
+        0.1, "a training negative the weak model scores >= threshold is a false positive", check=unit_interval
+    )
+    fp_source: str = option(
+        "train",
+        "where false positives come from: train | val | train+val (the test split never)",
+        check=_check_fp_source,
+    )
+    alpha: int = option(20, "nearest weak-set patches per false positive (the paper: 20)", check=at_least(1))
+    metric: str = option(
+        "l2", "l2 (Euclidean distance) | cosine (most similar first)", check=one_of(*METRICS)
+    )
+    knn_backend: str = option(
+        "torch",
+        "torch (exact, chunked, GPU when present) | faiss (exact flat index; needs faiss installed)",
+        check=one_of("torch", "faiss"),
+        output=False,
+    )
+    batch_size: int = option(
+        128, "patches per batch when scoring and embedding", check=at_least(1), output=False
+    )
+    num_workers: int = option(
+        0,
+        "DataLoader workers when scoring and embedding (0 = in the main process)",
+        check=at_least(0),
+        output=False,
+    )
+    device: str = option(
+        "auto", "auto (CUDA when present) | cpu | cuda | cuda:N", check=device_name, output=False
+    )
+    progress: bool = option(False, "progress bars on stderr (only on a terminal)", output=False)
 
     def __post_init__(self) -> None:
-        if self.fp_source not in FP_SOURCES:
-            raise ConfigError(
-                f"fp_source {self.fp_source!r} is not one of {', '.join(FP_SOURCES)} (the test split is never mined)"
-            )
-        if self.metric not in METRICS:
-            raise ConfigError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
-        if self.alpha < 1:
-            raise ConfigError(f"alpha must be at least 1, got {self.alpha}")
-        if not 0 <= self.threshold <= 1:
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+        validate(self)
 
 
 @dataclass(frozen=True)
