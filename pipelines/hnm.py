@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from wsi_tools.config_file import deep_merge, packaged_config, read_yaml_mapping, required_path
-from wsi_tools.errors import ConfigError
-from wsi_tools.mining.mine import MiningConfig
+from wsi_tools.errors import ConfigError, SplitLeakError
+from wsi_tools.mining.mine import MinedList, MiningConfig, check_mined_against_splits
 from wsi_tools.options import Overrides, at_least, from_mapping, load_layered, option, to_plain, validate
 from wsi_tools.pipelines.report import (
     format_mean_sd,
@@ -196,13 +196,15 @@ def train_model(
 
 
 def compare_test_rows(weak_dir: Path, strong_dir: Path, threshold: float) -> dict[str, int]:
-    """Assert both models were scored on the identical test rows; count test FPs."""
+    """Check that both models were scored on the identical test rows; count test FPs."""
     weak, strong = read_test_rows(weak_dir), read_test_rows(strong_dir)
     weak_keys = [row[:4] for row in weak]
     strong_keys = [row[:4] for row in strong]
-    assert weak_keys == strong_keys, (
-        f"weak ({len(weak_keys)}) and strong ({len(strong_keys)}) models were not scored on the same test rows"
-    )
+    if weak_keys != strong_keys:
+        raise SplitLeakError(
+            f"weak ({len(weak_keys)}) and strong ({len(strong_keys)}) models were not scored on the same "
+            f"test rows ({weak_dir}, {strong_dir}): their comparison would mean nothing"
+        )
     return {
         "n_test": len(weak),
         "weak_test_fp": sum(1 for r in weak if r[3] == 0 and r[4] >= threshold),
@@ -269,7 +271,8 @@ def run_seed(
             splits=weak.splits,
             extra_train_negatives=mining.mined_refs,
         )
-        assert_no_mined_in_val_or_test(mining.mined_refs, weak.splits)
+        mined_list = MinedList(mining.mined_refs, frozenset(m.query.slide_id for m in mining.mined))
+        check_mined_against_splits(mined_list, weak.splits, mining.csv_path or seed_dir)
         counts = compare_test_rows(weak.run_dir, strong.run_dir, recipe.threshold)
         record = {
             "seed": seed,
@@ -363,12 +366,6 @@ def holdout_counts(
         "holdout_fp_weak": int((weak_probs >= recipe.threshold).sum()),
         "holdout_fp_strong": int((strong_probs >= recipe.threshold).sum()),
     }
-
-
-def assert_no_mined_in_val_or_test(refs: Sequence[Any], splits: Mapping[str, str]) -> None:
-    held_out = {slide for slide, split in splits.items() if split in ("val", "test")}
-    leaked = sorted({str(ref[0]) for ref in refs} & held_out)
-    assert not leaked, f"mined patches from validation/test slides: {leaked[:5]}"
 
 
 def holdout_markdown(summary: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wsi_tools.cli import main
-from wsi_tools.errors import ConfigError
+from wsi_tools.errors import ConfigError, SplitLeakError
 from wsi_tools.train.toy import TOY_TRAIN_KEYS
 
 TINY = {
@@ -125,7 +125,7 @@ def test_compare_test_rows_refuses_different_test_sets(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "predictions.csv").write_text(header + "s1,0,0,0,0.5,test\ns1,1,0,1,0.9,test\n")
     (tmp_path / "b" / "predictions.csv").write_text(header + "s1,0,0,0,0.05,test\ns2,1,0,1,0.9,test\n")
-    with pytest.raises(AssertionError, match="same test rows"):
+    with pytest.raises(SplitLeakError, match="same test rows"):
         compare_test_rows(tmp_path / "a", tmp_path / "b", 0.1)
     (tmp_path / "b" / "predictions.csv").write_text(header + "s1,0,0,0,0.05,test\ns1,1,0,1,0.9,test\n")
     assert compare_test_rows(tmp_path / "a", tmp_path / "b", 0.1) == {
@@ -198,3 +198,132 @@ def test_ablation_conditions_share_the_weak_model(pipeline_run, tmp_path):
     assert runs["α = 1"]["n_mined"] <= runs["α = 3"]["n_mined"]
     markdown = (tmp_path / "report.md").read_text()
     assert "| alpha | α = 1 |" in markdown and "Held-out weak-slide FPs" in markdown
+
+
+def test_mining_from_the_strong_model_uses_its_split_negatives_only(pipeline_run, tmp_path, capsys):
+    # Regression: the strong checkpoint's mined (weak-set) negatives were taken as
+    # false-positive candidates and tripped an AssertionError "outside ('train',)".
+    store, out, _ = pipeline_run
+    strong = out / "seed_0" / "strong" / "best.pt"
+    code = main(["mine", "--checkpoint", str(strong), "--store", str(store), "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    splits = dict(torch.load(strong, weights_only=True)["splits"])
+    queries = {row["slide_id"] for row in _rows(tmp_path / "false_positives.csv")}
+    assert queries and all(splits.get(slide) == "train" for slide in queries)
+
+
+def test_train_from_a_mined_list_is_the_strong_model(pipeline_run, tmp_path, capsys):
+    store, out, _ = pipeline_run
+    seed = out / "seed_0"
+    mined_csv = seed / "mining" / "mined.csv"
+    argv = ["train", "--store", str(store), "--out", str(tmp_path / "strong"), "--mined", str(mined_csv)]
+    argv += [arg for key, value in TOY_TRAIN_KEYS.items() for arg in ("--set", f"{key}={value}")]
+    # Without the weak run's splits the mined list is refused: its queries could be test slides here.
+    assert main(argv) == 2 and "splits_file" in capsys.readouterr().err
+    assert main([*argv, "--set", f"splits_file={seed / 'weak' / 'splits.csv'}"]) == 0
+    assert _rows(tmp_path / "strong" / "extra_train_negatives.csv") == _rows(
+        seed / "strong" / "extra_train_negatives.csv"
+    )
+    assert _rows(tmp_path / "strong" / "splits.csv") == _rows(seed / "weak" / "splits.csv")
+    # A mined list whose queries lie in this run's test split is a leak, not a run.
+    splits = {row["slide_id"]: row["split"] for row in _rows(seed / "weak" / "splits.csv")}
+    query = _rows(mined_csv)[0]["query_slide_id"]
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text(
+        "slide_id,split\n"
+        + "".join(
+            f"{s},{'test' if s == query else ('train' if v == 'test' else v)}\n" for s, v in splits.items()
+        )
+    )
+    assert main([*argv, "--set", f"splits_file={swapped}"]) == 2
+    assert "validation or test split" in capsys.readouterr().err
+
+
+def test_a_changed_store_is_refused_on_resume_and_flagged_on_evaluate_and_mine(
+    pipeline_run, tmp_path, capsys
+):
+    import shutil
+
+    from wsi_tools.errors import StoreError
+    from wsi_tools.store import PatchStore
+    from wsi_tools.train.config import load_config
+    from wsi_tools.train.trainer import evaluate, train
+
+    store, out, report = pipeline_run
+    changed = tmp_path / "changed.zarr"
+    shutil.copytree(store, changed)
+    held_out = report["runs"][0]["holdout_slides"][0]  # a weak slide outside every split
+    PatchStore(changed, mode="a").delete_slide(held_out)
+    before, after = PatchStore(store).fingerprint(), PatchStore(changed).fingerprint()
+    assert before != after
+    weak = out / "seed_0" / "weak"
+    with pytest.raises(StoreError, match=f"fingerprint {before} then, {after} now"):
+        train(
+            load_config(None, {**TOY_TRAIN_KEYS, "epochs": 2}),
+            changed,
+            tmp_path / "r",
+            resume=weak / "last.pt",
+        )
+    evaluate(weak / "best.pt", changed, "test", tmp_path / "eval")
+    assert f"fingerprint {before} then, {after} now" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "mine",
+                "--checkpoint",
+                str(weak / "best.pt"),
+                "--store",
+                str(changed),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
+    assert f"fingerprint {before} then, {after} now" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_splits_file_that_differs(pipeline_run, tmp_path):
+    from wsi_tools.train.config import load_config
+    from wsi_tools.train.trainer import train
+
+    store, out, _ = pipeline_run
+    weak = out / "seed_0" / "weak"
+    rows = _rows(weak / "splits.csv")
+    other = tmp_path / "other.csv"
+    other.write_text(
+        "slide_id,split\n"
+        + "".join(f"{r['slide_id']},{'val' if r['split'] == 'train' else r['split']}\n" for r in rows)
+    )
+    config = load_config(None, {**TOY_TRAIN_KEYS, "epochs": 2})
+    with pytest.raises(ConfigError, match="differ from the checkpoint's"):
+        train(config, store, tmp_path / "r", splits=other, resume=weak / "last.pt")
+
+
+def test_the_split_rules_hold_under_python_O(tmp_path):
+    import subprocess
+    import sys
+
+    header = "slide_id,x,y,label,prob,split\n"
+    for name, rows in (("a", "s1,0,0,0,0.5,test\n"), ("b", "s2,0,0,0,0.5,test\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.csv").write_text(header + rows)
+    script = (
+        "import sys\n"
+        "from wsi_tools.errors import SplitLeakError\n"
+        "from wsi_tools.pipelines.hnm import compare_test_rows\n"
+        "from wsi_tools.mining.mine import MinedList, check_mined_against_splits\n"
+        "from wsi_tools.train.data import PatchRef\n"
+        "caught = 0\n"
+        "try:\n"
+        f"    compare_test_rows({str(tmp_path / 'a')!r}, {str(tmp_path / 'b')!r}, 0.1)\n"
+        "except SplitLeakError:\n"
+        "    caught += 1\n"
+        "try:\n"
+        "    check_mined_against_splits(MinedList([PatchRef('w0', 0)], frozenset({'h3'})), {'h3': 'test'}, 'x')\n"
+        "except SplitLeakError:\n"
+        "    caught += 1\n"
+        "sys.exit(0 if caught == 2 else 1)\n"
+    )
+    done = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -277,3 +277,24 @@ def test_empty_slide(tmp_path: Path) -> None:
     assert store.slide_ids() == ["blank"]
     assert store.coords("blank").shape == (0, 2) and store.read_patches("blank", []).shape == (0, P, P, 3)
     assert store.verify().ok
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"\xff\xfe not utf-8", b'{"zarr_format": 3, "attributes": ', b"[1, 2]"]
+)
+def test_verify_reports_a_damaged_slide_zarr_json(
+    tmp_path: Path, damage: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_tools.cli import main
+
+    store = PatchStore(tmp_path / "s.zarr", mode="a")
+    _write(store, "good", _patches(2))
+    _write(store, "bad", _patches(2))
+    (store.path / "slides/bad/zarr.json").write_bytes(damage)
+    report = PatchStore(store.path).verify()
+    assert not report.ok and report.slides_checked == 2
+    assert [problem for problem in report.problems if "slides/bad/zarr.json" in problem]
+    assert not [problem for problem in report.problems if "good" in problem]
+    assert main(["verify", str(store.path)]) == 1
+    captured = capsys.readouterr()
+    assert "slides/bad/zarr.json" in captured.out + captured.err and "Traceback" not in captured.err

@@ -192,3 +192,19 @@ def test_subsampling_is_seeded_and_can_target_positives(store_path: Path) -> Non
     fewer_pos = subsample(table, positive_fraction=0.2, seed=4)
     assert int(fewer_pos.labels.sum()) == 1
     assert (fewer_pos.labels == 0).sum() == (table.labels == 0).sum()
+
+
+def test_labels_other_than_0_and_1_are_refused_naming_the_slide(tmp_path: Path) -> None:
+    import zarr
+
+    from wsi_tools.train.tables import split_table
+
+    store_path = write_toy_store(
+        tmp_path / "s.zarr", [("h0", "hard", 6, 2), ("h1", "hard", 6, 2)], patch_size=16
+    )
+    labels = zarr.open_array(store_path / "slides" / "h1" / "labels", mode="r+")
+    labels[0] = 2  # a third class from a label map such as {LI: 1, tumour: 2}
+    store = open_store(store_path)
+    assert len(split_table(store, {"h0": "train", "h1": "test"}, "train")) == 6
+    with pytest.raises(ConfigError, match=r"slide 'h1' has patches labelled \[2\].*binary"):
+        split_table(store, {"h0": "train", "h1": "test"}, "test")

@@ -34,3 +34,9 @@ class StoreError(WsiToolsError):
 
 class ConfigError(WsiToolsError):
     """A configuration file, manifest or argument is invalid."""
+
+
+class SplitLeakError(ConfigError):
+    """A rule that keeps evaluation honest would be broken: a slide in two splits, or a
+    validation or test patch trained on, mined, or used as a false-positive query.
+    Raised, never asserted, so that it holds under ``python -O``."""

@@ -72,8 +72,20 @@ def _quiet_numcodecs() -> Iterator[None]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """A zarr.json document; damage (invalid UTF-8 or JSON, not an object) is a StoreError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StoreError(
+            f"{path}: damaged metadata ({type(error).__name__}: {error}); re-extract that slide "
+            "(wsi-tools extract ... --overwrite) or restore the file from a copy"
+        ) from None
+    if not isinstance(document, dict):
+        raise StoreError(
+            f"{path}: damaged metadata (not a JSON object); re-extract that slide or restore the file"
+        )
+    return document
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
@@ -274,7 +286,7 @@ class PatchStore:
     def _status(self, name: str) -> str | None:
         try:
             return _read_json(self.slides_dir / name / "zarr.json").get("attributes", {}).get("status")
-        except (OSError, ValueError):
+        except (OSError, StoreError):
             return None
 
     def slide_ids(self, include_incomplete: bool = False) -> list[str]:
@@ -430,13 +442,16 @@ class PatchStore:
     def _verify_slide(self, name: str, decode: bool, report: VerifyReport) -> list[str]:
         problems: list[str] = []
         where = f"slides/{name}"
-        attrs = self.slide_attrs(name)
+        try:
+            attrs = self.slide_attrs(name)
+        except (OSError, StoreError) as error:
+            return [f"{where}/zarr.json: unreadable ({error})"]
         if attrs.get("status") != STATUS_COMPLETE:
             problems.append(f"{where}: status is {attrs.get('status')!r}, not complete; re-extract it")
         try:
             meta = self._image_meta(name)
             n_patches, patch_size = int(meta["shape"][0]), int(meta["shape"][1])
-        except (OSError, ValueError, KeyError, IndexError) as error:
+        except (OSError, ValueError, KeyError, IndexError, StoreError) as error:
             return [*problems, f"{where}/images: unreadable metadata ({error})"]
         if list(meta["shape"][1:]) != [patch_size, patch_size, 3] or meta["data_type"] != "uint8":
             problems.append(

@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from a checkpoint (last.pt); without --config its own config is used (default: off)",
     )
     parser.add_argument(
+        "--mined",
+        metavar="CSV",
+        help="mined.csv from `wsi-tools mine`: its weak patches join the training split as negatives "
+        "(step 4, the strong model); needs the weak run's splits, --set splits_file=RUN/splits.csv "
+        "(default: none)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -141,17 +148,43 @@ def run_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     if args.print_config:
         return print_config(config.to_dict())
+    mined = _mined_negatives(args.mined, config, args.store) if args.mined else []
     result = train(
         config,
         args.store,
         args.out,
         resume=args.resume,
+        extra_train_negatives=mined,
         progress=False if args.no_progress else None,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(_summary(result.metrics))
         print(f"run folder: {result.run_dir}  best checkpoint: {result.best_checkpoint}")
     return 0
+
+
+def _mined_negatives(csv_path: str, config: object, store_arg: str | None) -> list:
+    """The mined patches of ``csv_path``, checked against the splits they will train with."""
+    from wsi_tools.config_file import required_path
+    from wsi_tools.errors import ConfigError
+    from wsi_tools.mining.mine import check_mined_against_splits, read_mined_csv
+    from wsi_tools.train.data import open_store
+    from wsi_tools.train.splits import read_splits_csv
+
+    splits_file = getattr(config, "splits_file", None)
+    if not splits_file:
+        raise ConfigError(
+            f"--mined {csv_path}: train the strong model on the weak model's splits, or the false positives "
+            "it was mined for may sit in this run's test split: add --set splits_file=WEAK_RUN/splits.csv"
+        )
+    store = open_store(
+        required_path(
+            store_arg, getattr(config, "store", None), flag="--store STORE", key="store", what="store"
+        )
+    )
+    mined = read_mined_csv(csv_path, store)
+    check_mined_against_splits(mined, read_splits_csv(splits_file), csv_path)
+    return list(mined.refs)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_tools.errors import ConfigError
+from wsi_tools.errors import ConfigError, SplitLeakError
 from wsi_tools.mining.knn import METRICS, KnnResult, knn_search
 from wsi_tools.options import at_least, device_name, one_of, option, unit_interval, validate
 from wsi_tools.train.data import PatchRef, PatchTable, select_patches
@@ -128,18 +128,25 @@ def fp_candidate_table(
 ) -> PatchTable:
     """Label-0 patches whose slides are in the ``fp_source`` splits.
 
-    With ``training`` (the weak model's actual training patches, after any
-    subsampling) and ``fp_source == "train"``, only those patches are used.
+    With ``training`` (the model's actual training patches, after any subsampling)
+    and ``fp_source == "train"``, only those of its training split are used: the
+    extra negatives a strong model was given come from weak slides outside the
+    splits, and are not false-positive queries.
     """
     wanted = FP_SOURCES[fp_source]
     slides = sorted(slide for slide, split in splits.items() if split in wanted)
     if fp_source == "train" and training is not None:
-        chosen = training.take(np.nonzero(training.labels == 0)[0])
+        in_split = np.fromiter(
+            (splits.get(str(s)) in wanted for s in training.slide_ids), bool, len(training)
+        )
+        chosen = training.take(np.nonzero((training.labels == 0) & in_split)[0])
     else:
         chosen = select_patches(store, slides, sets=sets, label=0)
-    leaked = {str(s) for s in chosen.slide_ids if splits.get(str(s)) not in wanted}
-    assert not leaked, f"false-positive candidates from slides outside {wanted}: {sorted(leaked)[:5]}"
-    assert not any(splits.get(str(s)) == "test" for s in chosen.slide_ids), "the test split is never mined"
+    leaked = sorted({str(s) for s in chosen.slide_ids if splits.get(str(s)) not in wanted})
+    if leaked:
+        raise SplitLeakError(
+            f"false-positive candidates from slides outside the {fp_source} split: {', '.join(leaked[:5])}"
+        )
     return chosen
 
 
@@ -221,7 +228,9 @@ def nearest_weak_patches(
                     rank=rank,
                 )
     mined = sorted(best.values(), key=lambda m: (m.query.slide_id, m.query.index, m.rank))
-    assert not any((m.ref.slide_id, m.ref.index) in excluded for m in mined)
+    trained_on = sorted({m.ref.slide_id for m in mined if (m.ref.slide_id, m.ref.index) in excluded})
+    if trained_on:
+        raise SplitLeakError(f"mined patches the model already trained on, from {', '.join(trained_on[:5])}")
     return mined, result
 
 
@@ -238,44 +247,68 @@ def write_mined_csv(mined: Iterable[MinedPatch], path: str | Path) -> Path:
     return path
 
 
-def read_mined_csv(path: str | Path, store: Any) -> list[PatchRef]:
-    """Mined references back from ``mined.csv`` (coordinates looked up in the store)."""
+@dataclass(frozen=True)
+class MinedList:
+    refs: list[PatchRef]  # the mined weak patches, in file order
+    query_slides: frozenset[str]  # the slides whose false positives they were mined for
+
+
+def read_mined_csv(path: str | Path, store: Any) -> MinedList:
+    """``mined.csv`` back as store references (coordinates looked up in the store)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: mined list not found; give the mined.csv that `wsi-tools mine` wrote")
     refs: list[PatchRef] = []
+    queries: set[str] = set()
     lookup: dict[str, dict[tuple[int, int], int]] = {}
-    with Path(path).open(newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
+    known = set(store.slide_ids())
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in MINED_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(
+                f"{path}: not a mined.csv (no column {', '.join(missing)}); give one `wsi-tools mine` wrote"
+            )
+        for line, row in enumerate(reader, start=2):
             slide_id = row["slide_id"]
+            if slide_id not in known:
+                raise ConfigError(
+                    f"{path}:{line}: slide {slide_id!r} is not in the store; use the store it was mined from"
+                )
             if slide_id not in lookup:
                 coords = np.asarray(store.coords(slide_id))
                 lookup[slide_id] = {(int(x), int(y)): i for i, (x, y) in enumerate(coords)}
-            index = lookup[slide_id].get((int(row["x"]), int(row["y"])))
+            try:
+                index = lookup[slide_id].get((int(row["x"]), int(row["y"])))
+            except ValueError:
+                index = None
             if index is None:
                 raise ConfigError(
                     f"{path}:{line}: no patch at ({row['x']}, {row['y']}) in slide {slide_id!r}"
                 )
             refs.append(PatchRef(slide_id, index))
-    return refs
+            queries.add(row["query_slide_id"])
+    return MinedList(refs, frozenset(queries))
+
+
+def check_mined_against_splits(mined: MinedList, splits: Mapping[str, str], source: str | Path) -> None:
+    """Mined patches, and the false positives they were mined for, must come from outside
+    the validation and test splits: else those splits would have shaped the training."""
+    held_out = {slide for slide, split in splits.items() if split in ("val", "test")}
+    leaked = sorted(({ref.slide_id for ref in mined.refs} | mined.query_slides) & held_out)
+    if leaked:
+        raise SplitLeakError(
+            f"{source}: mined for or from slides of the validation or test split ({', '.join(leaked[:5])}); "
+            "train with the splits of the model it was mined with (--set splits_file=RUN/splits.csv)"
+        )
 
 
 def training_table(store: Any, checkpoint_state: Mapping[str, Any], train_config: Any) -> PatchTable:
-    """The patches a checkpoint's model was trained on, rebuilt with the
-    trainer's own functions: its training split, subsampled as the trainer
-    does (``train_fraction``, ``positive_fraction``, ``seed``), plus any extra
-    negatives it was given."""
-    from wsi_tools.train.data import subsample, table_from_refs
-    from wsi_tools.train.trainer import split_table
+    """The patches a checkpoint's model was trained on, from the trainer's own builder."""
+    from wsi_tools.train.tables import training_table as build_training_table
 
-    splits = dict(checkpoint_state["splits"])
-    table = subsample(
-        split_table(store, splits, "train"),
-        train_config.train_fraction,
-        train_config.positive_fraction,
-        train_config.seed,
-    )
     extra = [tuple(ref) for ref in checkpoint_state.get("extra_train_negatives", [])]
-    if extra:
-        table = PatchTable.concat([table, table_from_refs(store, extra, label=0)])
-    return table
+    return build_training_table(store, dict(checkpoint_state["splits"]), train_config, extra).table
 
 
 def write_false_positives_csv(false_positives: FalsePositives, path: str | Path) -> Path:
@@ -307,13 +340,14 @@ def run_mining(
     kept out of the pool (held out for evaluation)."""
     from wsi_tools.mining.embeddings import cache_key, cached_features, file_digest
     from wsi_tools.train.data import open_store
-    from wsi_tools.train.trainer import load_model, read_checkpoint
+    from wsi_tools.train.trainer import check_store_fingerprint, load_model, read_checkpoint
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = read_checkpoint(checkpoint)
     model, train_config = load_model(checkpoint, device=config.device)
     store = open_store(store_path)
+    check_store_fingerprint(state, store, checkpoint, store_path, refuse=False)
     splits = dict(state["splits"])
     missing = sorted(set(splits) - set(store.slide_ids()))
     if missing:

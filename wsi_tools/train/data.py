@@ -185,7 +185,7 @@ def subsample(
         keep = max(1, round(fraction * len(rows)))
         rows = np.sort(rng.choice(rows, keep, replace=False))
     if positive_fraction < 1.0:
-        positives = rows[table.labels[rows] == 1]
+        positives = rows[table.labels[rows] > 0]
         if len(positives):
             keep = max(1, round(positive_fraction * len(positives)))
             kept = rng.choice(positives, keep, replace=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_tools.errors import ConfigError
+from wsi_tools.errors import ConfigError, SplitLeakError
 from wsi_tools.train.config import SPLIT_NAMES
 
 
@@ -93,7 +93,7 @@ def assert_disjoint(groups: Mapping[str, Iterable[str]]) -> None:
     for name, slide_ids in groups.items():
         for slide_id in set(slide_ids):
             if slide_id in seen:
-                raise ConfigError(
+                raise SplitLeakError(
                     f"split leak: slide {slide_id!r} is in both {seen[slide_id]!r} and {name!r}"
                 )
             seen[slide_id] = name

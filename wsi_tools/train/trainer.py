@@ -85,15 +85,14 @@ from wsi_tools.train.data import (
     balanced_weights,
     collate_patches,
     open_store,
-    select_patches,
     slide_infos,
-    subsample,
     table_from_refs,
 )
 from wsi_tools.train.metrics import compute_metrics, slide_scores
 from wsi_tools.train.model import PatchClassifier, build_model
 from wsi_tools.train.plots import plot_loss, plot_pr, plot_roc
 from wsi_tools.train.splits import assert_disjoint, make_splits, read_splits_csv, write_splits_csv
+from wsi_tools.train.tables import split_table, training_table
 
 CHECKPOINT_FORMAT = "wsi-tools/checkpoint"
 
@@ -399,6 +398,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def check_store_fingerprint(
+    state: Mapping[str, Any], store: Any, checkpoint: str | Path, store_path: str | Path, *, refuse: bool
+) -> None:
+    """Compare the store with the one the checkpoint was trained from. A resumed run
+    refuses a changed store (its epochs would mix two datasets); scoring and mining warn."""
+    saved = state.get("store_fingerprint")
+    now = str(store.fingerprint())
+    if saved is None or str(saved) == now:
+        return
+    message = (
+        f"{store_path}: the store changed since {checkpoint} was trained "
+        f"(store fingerprint {saved} then, {now} now: slides were added, replaced or removed)"
+    )
+    if refuse:
+        raise StoreError(f"{message}; resume with the store it was trained from, or start a new run")
+    print(f"warning: {message}; results may differ from the run's own", file=sys.stderr, flush=True)
+
+
 def load_model(
     checkpoint: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[PatchClassifier, TrainConfig]:
@@ -455,11 +472,6 @@ def build_splits(
     )
     assert_disjoint({name: [s for s, v in result.items() if v == name] for name in SPLIT_NAMES})
     return result
-
-
-def split_table(store: Any, splits: Mapping[str, str], split: str) -> PatchTable:
-    """All patches of the slides assigned to ``split``."""
-    return select_patches(store, [s for s, v in splits.items() if v == split])
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -604,9 +616,17 @@ def _train(
 
     store = open_store(store_path)
     if checkpoint is not None:
+        check_store_fingerprint(checkpoint, store, resume, store_path, refuse=True)
         splits = dict(checkpoint["splits"])
-        if splits_arg is not None and not isinstance(splits_arg, str | Path) and dict(splits_arg) != splits:
-            raise ConfigError(f"{resume}: resuming with different splits than the checkpoint's")
+        if splits_arg is not None:
+            given = read_splits_csv(splits_arg) if isinstance(splits_arg, str | Path) else dict(splits_arg)
+            differ = sorted(slide for slide, split in given.items() if splits.get(slide) != split)
+            if differ:
+                raise ConfigError(
+                    f"{resume}: the splits given ({splits_arg if isinstance(splits_arg, str | Path) else 'splits='}) "
+                    f"differ from the checkpoint's for {len(differ)} slide(s), e.g. {', '.join(differ[:3])}; "
+                    "resume without them (the checkpoint's are used) or start a new run"
+                )
         if not extra_refs:
             extra_refs = [tuple(r) for r in checkpoint.get("extra_train_negatives", [])]
         _warn_changed_config(checkpoint, config, runtime)
@@ -618,25 +638,8 @@ def _train(
         splits = shared[0]
 
     tables = {name: split_table(store, splits, name) for name in SPLIT_NAMES}
-    train_table = subsample(tables["train"], config.train_fraction, config.positive_fraction, config.seed)
-    extra = table_from_refs(store, list(extra_refs), label=0)
-    if len(extra):
-        assert_disjoint(
-            {
-                "extra training negatives": set(extra.slide_ids.tolist()),
-                "val": [s for s, v in splits.items() if v == "val"],
-                "test": [s for s, v in splits.items() if v == "test"],
-            }
-        )
-        known = train_table.keys()
-        extra = extra.take(
-            [
-                i
-                for i, key in enumerate(zip(extra.slide_ids, extra.indices, strict=True))
-                if (str(key[0]), int(key[1])) not in known
-            ]
-        )
-        train_table = PatchTable.concat([train_table, extra])
+    built = training_table(store, splits, config, extra_refs)
+    train_table, extra = built.table, built.extra
     if len(train_table) < 2:
         raise ConfigError(
             f"{store_path}: the training split has {len(train_table)} patch(es); need at least 2"
@@ -966,6 +969,7 @@ def evaluate(
     )
     runtime = _inference_runtime(device or config.device)
     store = open_store(store_path)
+    check_store_fingerprint(state, store, checkpoint, store_path, refuse=False)
     splits = dict(state["splits"])
     missing = sorted(s for s, v in splits.items() if v == split and s not in set(store.slide_ids()))
     if missing:
