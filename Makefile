@@ -24,6 +24,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check wsi_tools pipelines tests benchmarks
 	$(VENV)/bin/ruff format --check wsi_tools pipelines tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/extract.py

@@ -31,7 +31,7 @@ from wsi_tools.config_file import deep_merge, packaged_config, read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.knn import METRICS
 from wsi_tools.mining.mine import MiningConfig
-from wsi_tools.options import Overrides, load_layered
+from wsi_tools.options import Overrides, load_beside
 from wsi_tools.pipelines.hnm import HnmConfig, log, parse_hnm_config, run_seed
 from wsi_tools.pipelines.report import (
     METRIC_TITLES,
@@ -107,16 +107,10 @@ def load_ablation_config(path: str | Path | None = None, overrides: Overrides = 
     this file), ``studies`` (study -> values, or null to skip) and any pipeline
     key (``seeds``, ``train``, ``mining``, ...) deep-merged over the pipeline config;
     then the overrides, deep-merged too."""
-    base_dir = (Path(path) if path else DEFAULT_CONFIG).parent
-    return load_layered(
-        path,
-        overrides,
-        lambda mapping, source: _parse_ablation(mapping, source, base_dir),
-        default_path=DEFAULT_CONFIG,
-    )
+    return load_beside(path, overrides, _parse_ablation, DEFAULT_CONFIG)
 
 
-def _conditions(config: AblationConfig, only: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+def _conditions(config: AblationConfig, only: Sequence[str] | None) -> dict[str, tuple[Any, ...]]:
     chosen = {name: values for name, values in config.studies.items() if not only or name in only}
     return chosen
 

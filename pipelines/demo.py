@@ -26,7 +26,7 @@ from typing import Any
 from wsi_tools.cohort import Cohort, CohortConfig, generate_cohort
 from wsi_tools.config_file import packaged_config
 from wsi_tools.errors import ConfigError
-from wsi_tools.options import Overrides, load_layered
+from wsi_tools.options import Overrides, load_beside
 from wsi_tools.pipelines.hnm import HnmConfig, config_section, log, parse_hnm_config, run_pipeline
 
 DEFAULT_CONFIG = packaged_config("demo.yaml")
@@ -90,13 +90,7 @@ def _parse_demo(mapping: Mapping[str, Any], source: str, base_dir: Path) -> Demo
 def load_demo_config(path: str | Path | None = None, overrides: Overrides = ()) -> DemoConfig:
     """``configs/demo.yaml`` (or ``path``): the cohort, extraction and workers, plus the
     pipeline's keys; then the overrides, deep-merged."""
-    base_dir = (Path(path) if path else DEFAULT_CONFIG).parent
-    return load_layered(
-        path,
-        overrides,
-        lambda mapping, source: _parse_demo(mapping, source, base_dir),
-        default_path=DEFAULT_CONFIG,
-    )
+    return load_beside(path, overrides, _parse_demo, DEFAULT_CONFIG)
 
 
 def _cohort(config: CohortConfig, folder: Path) -> Cohort:
@@ -136,7 +130,7 @@ def extract_cohort(
 def _extract_per_slide(cohort: Cohort, store: Path, extraction: Mapping[str, Any]) -> dict[str, Any]:
     from wsi_tools.extract import ExtractionConfig, extract_slide
 
-    counts = {"engine": "extract_slide", "slides": 0, "patches": 0}
+    counts: dict[str, Any] = {"engine": "extract_slide", "slides": 0, "patches": 0}
     for slide in cohort.slides:
         config = ExtractionConfig(set=slide.set, **dict(extraction))
         result = extract_slide(

@@ -35,7 +35,7 @@ import yaml
 from wsi_tools.config_file import deep_merge, packaged_config, read_yaml_mapping, required_path
 from wsi_tools.errors import ConfigError, SplitLeakError
 from wsi_tools.mining.mine import MinedList, MiningConfig, check_mined_against_splits
-from wsi_tools.options import Overrides, at_least, from_mapping, load_layered, option, to_plain, validate
+from wsi_tools.options import Overrides, at_least, from_mapping, load_beside, option, to_plain, validate
 from wsi_tools.pipelines.report import (
     format_mean_sd,
     read_test_rows,
@@ -152,13 +152,7 @@ def load_hnm_config(path: str | Path | None = None, overrides: Overrides = ()) -
     """Read ``configs/hnm.yaml`` (or ``path``), then the overrides (``--set`` strings with
     dotted keys, or a mapping), each deep-merged: ``mining.alpha=10`` keeps the other
     ``mining`` keys of the file."""
-    base_dir = (Path(path) if path else DEFAULT_CONFIG).parent
-    return load_layered(
-        path,
-        overrides,
-        lambda mapping, source: parse_hnm_config(mapping, source, base_dir),
-        default_path=DEFAULT_CONFIG,
-    )
+    return load_beside(path, overrides, parse_hnm_config, DEFAULT_CONFIG)
 
 
 # ------------------------------------------------------------------ the steps
@@ -173,7 +167,7 @@ def save_initial_weights(train_config: TrainConfig, seed: int, path: Path) -> Pa
     import torch
 
     from wsi_tools.train.model import build_model
-    from wsi_tools.train.trainer import seed_everything
+    from wsi_tools.train.runtime import seed_everything
 
     seed_everything(seed)
     model = build_model(train_config.weights, train_config.input_size)

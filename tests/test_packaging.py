@@ -116,3 +116,17 @@ def test_wheel_runs_outside_the_checkout(installed: Path, tmp_path: Path, real_d
         assert printed.returncode == 0, (command, printed.stderr)
         assert expected in printed.stdout and "alpha: 7" in printed.stdout
         assert "metric: " in printed.stdout
+
+
+def test_the_public_api_resolves_and_import_stays_light() -> None:
+    script = (
+        "import sys, wsi_tools\n"
+        "heavy = sorted(m for m in ('torch', 'dask', 'distributed', 'zarr', 'matplotlib') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "missing = [name for name in wsi_tools.__all__ if getattr(wsi_tools, name, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert issubclass(wsi_tools.SplitLeakError, wsi_tools.WsiToolsError)\n"
+        "assert wsi_tools.TrainConfig().epochs == 30\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr

@@ -59,7 +59,11 @@ def _palette(rng: np.random.Generator) -> dict[str, tuple[int, int, int]]:
     """The colours of one slide: a per-channel stain shift, as between scanner runs."""
     shift = rng.uniform(0.94, 1.04, size=3)
     return {
-        name: tuple(int(min(255, round(c * f))) for c, f in zip(color, shift, strict=True))
+        name: (
+            int(min(255, round(color[0] * shift[0]))),
+            int(min(255, round(color[1] * shift[1]))),
+            int(min(255, round(color[2] * shift[2]))),
+        )
         for name, color in BASE_COLORS.items()
     }
 
@@ -302,7 +306,7 @@ class _Painter:
             cv2.resize(tissue_small.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
         )
         # Stroma shade from smooth noise, through a per-channel lookup table (uint8 all the way).
-        shade = (_value_noise(rng, small, max(8, width // 96)) * 255).astype(np.uint8)
+        shade: np.ndarray = (_value_noise(rng, small, max(8, width // 96)) * 255).astype(np.uint8)
         shade = cv2.resize(shade, (width, height), interpolation=cv2.INTER_LINEAR)
         levels = 0.88 + 0.2 * np.arange(256, dtype=np.float32) / 255
         lut = np.stack([np.clip(c * levels, 0, 255) for c in self.colors["stroma"]], axis=1).astype(np.uint8)

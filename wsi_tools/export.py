@@ -179,7 +179,7 @@ def read_rgb(path: Path, out: np.ndarray | None = None) -> np.ndarray:
     if image is None:
         raise ConfigError(f"{path}: not a readable PNG or JPEG image; remove or replace it")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = (np.asarray(image, np.uint16) >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ConfigError(f"{path}: unsupported pixel type {image.dtype}; convert it to 8-bit RGB")
     if image.ndim == 2:
@@ -244,7 +244,7 @@ def import_png(
     ``_weak`` appended in its weak group."""
     from tqdm import tqdm
 
-    from wsi_tools.store import now_iso
+    from wsi_tools.provenance import now_iso
 
     started = time.perf_counter()
     source = Path(source_dir)

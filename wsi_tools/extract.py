@@ -72,7 +72,8 @@ from wsi_tools.options import (
     unit_interval,
     validate,
 )
-from wsi_tools.store import PatchStore, now_iso, sanitize_slide_id
+from wsi_tools.provenance import now_iso
+from wsi_tools.store import PatchStore, sanitize_slide_id
 
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry

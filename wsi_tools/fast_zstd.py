@@ -172,7 +172,8 @@ def compress_to_buffer(data: np.ndarray, fast: bool = True, spare: int = 0) -> t
     is copied out once). The buffer is this thread's and is reused by its next call."""
     lib = _library() if fast else None
     if lib is None:
-        frame = imagecodecs.zstd_encode(data, level=FALLBACK_LEVEL)
+        # imagecodecs' stubs name bytes only; it encodes any buffer, arrays included.
+        frame = imagecodecs.zstd_encode(data, level=FALLBACK_LEVEL)  # type: ignore[arg-type]
         buffer = np.empty(len(frame) + spare, np.uint8)
         buffer[: len(frame)] = np.frombuffer(frame, np.uint8)
         return buffer, len(frame)

@@ -1,6 +1,6 @@
 """Pictures of the mining pipeline: t-SNE, Grad-CAM and the mined-patch gallery.
 
-Everything is written as PNG with matplotlib's Agg backend (no display).
+Everything is written as PNG on matplotlib's Agg canvas (no pyplot state, no backend switched\non import, no display).
 Images are uint8 RGB (H, W, 3) patches as stored.
 """
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     import torch
@@ -29,17 +29,21 @@ CATEGORY_COLORS: dict[str, str] = {
 }
 
 
-def _save(figure: plt.Figure, path: str | Path) -> Path:
+def _subplots(n_rows: int, n_cols: int, *, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure on its own Agg canvas and a 2-d array of its axes."""
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, np.asarray(figure.subplots(n_rows, n_cols, squeeze=False))
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
     return path
 
 
-def _save_image_grid(
-    figure: plt.Figure, axes: np.ndarray, path: str | Path, empty_message: str | None
-) -> Path:
+def _save_image_grid(figure: Figure, axes: np.ndarray, path: str | Path, empty_message: str | None) -> Path:
     """Hide the axes of an image grid, say why it is empty if it is, and save it."""
     for axis in axes.ravel():
         axis.axis("off")
@@ -61,21 +65,21 @@ def tsne_2d(features: np.ndarray, seed: int = 0) -> np.ndarray:
     )
 
 
-def choose_rows(categories: Sequence[str], max_points: int, seed: int = 0) -> np.ndarray:
+def choose_rows(categories: ArrayLike, max_points: int, seed: int = 0) -> np.ndarray:
     """Rows to show when there are too many: every FP and mined patch (then TP)
     first, a seeded random sample of the rest."""
-    categories = np.asarray(categories, dtype=object)
-    rows = np.arange(len(categories))
+    kinds = np.asarray(categories, dtype=object)
+    rows = np.arange(len(kinds))
     if len(rows) <= max_points:
         return rows
     order = {"FP": 0, "mined": 1, "TP": 2}
-    rare = np.array(
-        sorted(rows[np.isin(categories, list(order))], key=lambda r: order[categories[r]]), dtype=int
+    rare = np.asarray(
+        sorted(rows[np.isin(kinds, list(order))].tolist(), key=lambda r: order[str(kinds[r])]), dtype=np.int64
     )
     rare = rare[:max_points]
     common = np.setdiff1d(rows, rare)
     room = min(max_points - len(rare), len(common))
-    sample = np.random.default_rng(seed).choice(common, room, replace=False) if room > 0 else []
+    sample = np.random.default_rng(seed).choice(common, room, replace=False) if room > 0 else np.empty(0, int)
     return np.sort(np.concatenate([rare, np.asarray(sample, dtype=int)]))
 
 
@@ -89,13 +93,13 @@ def plot_tsne(
 ) -> Path:
     """One t-SNE panel per model (e.g. weak, strong), side by side, the same
     patches in each, coloured by category (TP, TN, FP, FN, mined)."""
-    categories = np.asarray(categories, dtype=object)
-    rows = choose_rows(categories, max_points, seed)
-    figure, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5), squeeze=False)
+    kinds = np.asarray(categories, dtype=object)
+    rows = choose_rows(kinds, max_points, seed)
+    figure, axes = _subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5))
     for axis, (name, features) in zip(axes[0], embeddings.items(), strict=True):
         points = tsne_2d(np.asarray(features)[rows], seed=seed)
         for category, color in CATEGORY_COLORS.items():
-            chosen = categories[rows] == category
+            chosen = kinds[rows] == category
             if chosen.any():
                 size = 10 if category in ("TN", "FN") else 18
                 axis.scatter(
@@ -124,7 +128,7 @@ def grad_cam(
     (no positive evidence anywhere) gets zeros."""
     import torch
 
-    layer = target_layer if target_layer is not None else model.backbone.layer4
+    layer: torch.nn.Module = target_layer if target_layer is not None else getattr(model, "backbone").layer4  # noqa: B009
     saved: dict[str, torch.Tensor] = {}
 
     def keep_activation(_module, _inputs, output):
@@ -162,7 +166,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
     heat = cv2.resize(
         cam.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR
     )
-    colored = (plt.get_cmap("jet")(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
+    colored = (matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
     return (image.astype(np.float32) * (1 - alpha) + colored * alpha).clip(0, 255).astype(np.uint8)
 
 
@@ -175,9 +179,7 @@ def plot_gradcam_grid(
 ) -> Path:
     """Rows of patches: the patch, then one Grad-CAM overlay per model with its probability."""
     n_rows, n_cols = len(images), 1 + len(cams)
-    figure, axes = plt.subplots(
-        max(n_rows, 1), n_cols, figsize=(2.3 * n_cols, 2.3 * max(n_rows, 1)), squeeze=False
-    )
+    figure, axes = _subplots(max(n_rows, 1), n_cols, figsize=(2.3 * n_cols, 2.3 * max(n_rows, 1)))
     for row, image in enumerate(images):
         axes[row, 0].imshow(image)
         axes[row, 0].set_title(row_titles[row], fontsize=8)
@@ -198,7 +200,7 @@ def plot_mined_gallery(
     hits with their distances."""
     n_rows = max(len(queries), 1)
     n_cols = 1 + max((len(row) for row in hits), default=0)
-    figure, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.0 * n_rows), squeeze=False)
+    figure, axes = _subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.0 * n_rows))
     for row, query in enumerate(queries):
         axes[row, 0].imshow(query)
         axes[row, 0].set_title(query_titles[row], fontsize=7, color="#2ca02c")

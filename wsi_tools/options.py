@@ -336,3 +336,17 @@ def given_flags(args: argparse.Namespace, cls: type, names: Sequence[str] | None
     """The flags of :func:`add_flags` that were given on the command line."""
     wanted = names if names is not None else [spec.name for spec in dataclasses.fields(cls)]
     return {name: getattr(args, name) for name in wanted if getattr(args, name, None) is not None}
+
+
+def load_beside(
+    path: str | Path | None,
+    overrides: Overrides,
+    parse: Callable[[dict[str, Any], str, Path], T],
+    default_path: Path,
+) -> T:
+    """:func:`load_layered` for a config whose keys name other files relative to itself
+    (``train_config: train.yaml``): ``parse(mapping, source, folder of the file)``."""
+    folder = (Path(path) if path else default_path).parent
+    return load_layered(
+        path, overrides, lambda mapping, source: parse(mapping, source, folder), default_path=default_path
+    )

@@ -56,7 +56,9 @@ def image_encoder(compression: str = "fast") -> dict[str, object]:
 
 
 def _zstd_level(compression: str = "fast") -> int:
-    return int(fast_zstd.describe(compression == "fast")["zstd_level"])
+    level = fast_zstd.describe(compression == "fast")["zstd_level"]
+    assert isinstance(level, int)
+    return level
 
 
 def zarr_image_codecs() -> dict[str, object]:
@@ -168,7 +170,8 @@ def decompress_chunk(chunk: bytes | memoryview, patch_size: int, out: np.ndarray
     if out is None:
         out = np.empty(n_bytes, np.uint8)
     try:
-        residual = imagecodecs.zstd_decode(payload, out=out)
+        # imagecodecs' stubs name bytes only; it decodes from and into any buffer.
+        residual = imagecodecs.zstd_decode(payload, out=out)  # type: ignore[arg-type]
     except Exception as error:  # imagecodecs raises its own ZstdError
         raise ChunkError(f"chunk does not decode: {error}") from error
     if len(residual) != n_bytes:

@@ -68,11 +68,9 @@ def render_overview(
     that would leave fewer than MIN_DISPLAY_PX pixels on the long side.
     ``patches`` are (x, y, level-0 extent, kind) with kind in pos/neg/weak.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection, PatchCollection
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
@@ -85,7 +83,8 @@ def render_overview(
     image_inches = (width * zoom / DPI, height * zoom / DPI)
     total_height = image_inches[1] + FOOTER_INCHES
     footer = FOOTER_INCHES / total_height  # figure fraction below the picture: heading and legend
-    figure = plt.figure(figsize=(max(image_inches[0], MIN_WIDTH_INCHES), total_height), dpi=DPI)
+    figure = Figure(figsize=(max(image_inches[0], MIN_WIDTH_INCHES), total_height), dpi=DPI)
+    FigureCanvasAgg(figure)
     axes = figure.add_axes((0, footer, 1, 1 - footer))
     axes.imshow(image, interpolation="antialiased")
     axes.set_xlim(-0.5, width - 0.5)
@@ -107,7 +106,8 @@ def render_overview(
         colours = group_colours(annotations)
         for group, colour in colours.items():
             members = [a for a in annotations if (a.group or "(no group)") == group]
-            lines, points = [], []
+            lines: list[np.ndarray] = []
+            points: list[np.ndarray] = []
             for annotation in members:
                 for kind, coords in _lines_and_points(annotation.geometry):
                     (lines if kind == "line" else points).append(scaled(coords))
@@ -168,5 +168,4 @@ def render_overview(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_path, dpi=DPI)
-    plt.close(figure)
     return out_path

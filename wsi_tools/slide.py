@@ -25,11 +25,11 @@ import math
 import os
 import threading
 import warnings as warnings_module
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,7 +37,6 @@ import numpy as np
 from wsi_tools.errors import ConfigError, MissingMppError, SlideReadError, UnsupportedSlideError
 from wsi_tools.geometry import DEFAULT_MPP_TOLERANCE, ReadPlan, SlideSpec, plan_read
 
-BackendName = Literal["auto", "openslide", "tiffslide"]
 BACKENDS: tuple[str, ...] = ("openslide", "tiffslide")
 TIFF_SUFFIXES = frozenset({".svs", ".tif", ".tiff"})
 
@@ -119,7 +118,7 @@ class _OpenSlideReader(_Reader):
         import openslide
 
         self._slide = openslide.OpenSlide(str(path))
-        self.level_dimensions = tuple(tuple(map(int, d)) for d in self._slide.level_dimensions)
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.properties = {str(k): str(v) for k, v in self._slide.properties.items()}
 
@@ -260,7 +259,7 @@ class _TiffSlideReader(_Reader):
         import tiffslide
 
         self._slide = tiffslide.TiffSlide(str(path))
-        self.level_dimensions = tuple(tuple(map(int, d)) for d in self._slide.level_dimensions)
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.properties = {str(k): str(v) for k, v in self._slide.properties.items() if v is not None}
         try:
@@ -335,7 +334,10 @@ class _TiffSlideReader(_Reader):
         self._slide.close()
 
 
-_READERS: dict[str, type[_Reader]] = {"openslide": _OpenSlideReader, "tiffslide": _TiffSlideReader}
+_READERS: dict[str, Callable[[Path], _Reader]] = {
+    "openslide": _OpenSlideReader,
+    "tiffslide": _TiffSlideReader,
+}
 
 
 def _backend_order(path: Path, backend: str) -> tuple[str, ...]:
@@ -445,7 +447,7 @@ class Slide:
     def __init__(
         self,
         path: str | Path,
-        backend: BackendName = "auto",
+        backend: str = "auto",
         mpp: float | None = None,
         require_mpp: bool = True,
     ) -> None:
@@ -797,7 +799,7 @@ class Slide:
 
 def open_slide(
     path: str | Path,
-    backend: BackendName = "auto",
+    backend: str = "auto",
     mpp: float | None = None,
     require_mpp: bool = True,
 ) -> Slide:

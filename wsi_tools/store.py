@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from wsi_tools import __version__, patch_codec
 from wsi_tools.errors import ConfigError, StoreError
+from wsi_tools.provenance import now_iso
 
 if TYPE_CHECKING:
     import zarr
@@ -44,10 +44,6 @@ SMALL_ARRAYS = ("coords", "labels", "tissue_fraction")
 STATUS_COMPLETE = "complete"
 STATUS_WRITING = "writing"
 MAX_SLIDE_ID_CHARS = 180  # leaves room for the temporary prefix and uuid in a 255-byte name
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def sanitize_slide_id(text: str) -> str:
@@ -200,7 +196,8 @@ class PatchReader:
             np.empty((len(indices), self.patch_size, self.patch_size, 3), np.uint8) if out is None else out
         )
         rows = range(len(indices)) if out_rows is None else np.asarray(out_rows).tolist()
-        fd, fd_shard = None, -1
+        fd: int | None = None
+        fd_shard = -1
         try:
             for row, i in zip(rows, indices.tolist(), strict=True):
                 shard, offset, nbytes = self._locate(i)
@@ -209,6 +206,7 @@ class PatchReader:
                         os.close(fd)
                         fd = None
                     fd, fd_shard = os.open(patch_codec.shard_path(self.array_dir, shard), os.O_RDONLY), shard
+                assert fd is not None
                 self._decode(i, os.pread(fd, nbytes, offset), batch[row])
         finally:
             if fd is not None:
@@ -664,7 +662,7 @@ class SlideWriter:
     def _accept(
         self,
         start: int,
-        patches: Sequence[Any],
+        patches: Sequence[Any] | np.ndarray,
         coords: np.ndarray,
         labels: np.ndarray,
         tissue_fraction: np.ndarray,
@@ -798,7 +796,7 @@ class SlideWriter:
 SMALL_CHUNK_ROWS = 1 << 16
 SMALL_ARRAY_TYPES = {"coords": ("int64", (2,)), "labels": ("int8", ()), "tissue_fraction": ("float32", ())}
 SMALL_ZSTD_LEVEL = 3
-SMALL_CODECS = [
+SMALL_CODECS: list[dict[str, Any]] = [
     {"name": "bytes", "configuration": {"endian": "little"}},
     {"name": "zstd", "configuration": {"level": SMALL_ZSTD_LEVEL, "checksum": False}},
     {"name": "crc32c"},
@@ -845,5 +843,5 @@ def _write_small_chunks(array_dir: Path, values: np.ndarray, chunk_rows: int) ->
         path = array_dir.joinpath("c", str(chunk), *trailing)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(
-            patch_codec.checksummed(imagecodecs.zstd_encode(block.tobytes(), level=SMALL_ZSTD_LEVEL))
+            patch_codec.checksummed(bytes(imagecodecs.zstd_encode(block.tobytes(), level=SMALL_ZSTD_LEVEL)))
         )

@@ -106,8 +106,10 @@ def write_aperio_svs(
                     else cv2.resize(level0, level_size, interpolation=cv2.INTER_AREA)
                 )
                 tiles = _tiles_from_array(image, tile)
-            else:
+            elif content is not None:
                 tiles = _tiles_from_content(content, level_size, downsample, tile)
+            else:
+                raise ValueError("give level0 or content")
             description = aperio_description(
                 width,
                 height,
@@ -149,8 +151,10 @@ def _write_thumbnail(
     thumb_size = (max(1, round(width / scale)), max(1, round(height / scale)))
     if level0 is not None:
         thumb = cv2.resize(level0, thumb_size, interpolation=cv2.INTER_AREA)
-    else:
+    elif content is not None:
         thumb = content(0, 0, thumb_size[0], thumb_size[1], scale)
+    else:
+        raise ValueError("give level0 or content")
     description = aperio_description(width, height, 0, mpp, app_mag, quality, level_size=thumb_size)
     tif.write(
         thumb,

@@ -79,8 +79,10 @@ def tissue_mask_from_rgb(
     if _already_clean(mask, min_region_um2 / pixel_um2):
         return mask > 0, threshold
     mask = _drop_small_components(mask > 0, min_region_um2 / pixel_um2, connectivity=8)
-    background = _drop_small_components(~mask, min_hole_um2 / pixel_um2, connectivity=4, keep_border=True)
-    return mask | ~background, threshold  # small enclosed gaps become tissue
+    background = _drop_small_components(
+        np.logical_not(mask), min_hole_um2 / pixel_um2, connectivity=4, keep_border=True
+    )
+    return mask | np.logical_not(background), threshold  # small enclosed gaps become tissue
 
 
 def _already_clean(mask: np.ndarray, min_region_px: float) -> bool:

@@ -31,9 +31,10 @@ from typing import Any
 
 from wsi_tools.batch.isolate import run_isolated
 from wsi_tools.batch.manifest import Manifest, ManifestEntry, read_manifest
-from wsi_tools.batch.report import BatchReport, SlideOutcome, new_run_id, utc_now, write_report
+from wsi_tools.batch.report import BatchReport, SlideOutcome, new_run_id, write_report
 from wsi_tools.batch.settings import compared_settings, extraction_config, load_settings
 from wsi_tools.errors import ConfigError
+from wsi_tools.provenance import now_iso
 
 REPORT_EVERY_S = 10.0  # a live report.json, so even a kill -9 leaves an account of the run
 # Settings whose change makes an already-complete slide differ from what this run would write.
@@ -86,7 +87,9 @@ def available_cores() -> int:
 def extract_job(job: SlideJob, extract_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Runs in the child process: one ``extract_slide`` call, its result as a dict."""
     if extract_fn is None:
-        from wsi_tools.extract import extract_slide as extract_fn
+        from wsi_tools.extract import extract_slide
+
+        extract_fn = extract_slide
     config = extraction_config(job.settings, job.set, job.slide_mpp)
     result = extract_fn(
         job.slide_path,
@@ -336,7 +339,7 @@ def run_batch(
         store=str(store_path),
         manifest=str(manifest.path),
         run_dir=str(store_path / "runs" / run_id),
-        started=utc_now(),
+        started=now_iso(),
         finished=None,
         seconds=0.0,
         workers=None if options.scheduler else (options.workers or available_cores()),
@@ -358,7 +361,7 @@ def run_batch(
             _run_on_cluster(
                 pending, outcomes, store_path, settings, options, run_id, extract_fn, progress, save
             )
-        report.finished = utc_now()
+        report.finished = now_iso()
     finally:
         progress.close()
         save()

@@ -121,7 +121,7 @@ def _child_main(
         connection.close()
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")

@@ -9,9 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 STATUSES = ("complete", "skipped", "failed", "interrupted")
 EXIT_ALL_DONE = 0
@@ -21,10 +24,6 @@ EXIT_SOME_FAILED = 3
 def new_run_id() -> str:
     """UTC timestamp plus a short random suffix: sortable, and unique across clients."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -156,7 +155,7 @@ def _write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-def summary_table(report: BatchReport, max_rows: int = 50):  # type: ignore[no-untyped-def]
+def summary_table(report: BatchReport, max_rows: int = 50) -> Table:
     """A rich table: failures first (they need attention), then the rest."""
     from rich.markup import escape
     from rich.table import Table
@@ -170,14 +169,15 @@ def summary_table(report: BatchReport, max_rows: int = 50):  # type: ignore[no-u
             f"at {totals['patches_per_s']}/s in {report.seconds:.1f} s"
         ),
     )
-    for column, justify in (
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("slide_id", "left"),
         ("set", "left"),
         ("status", "left"),
         ("patches", "right"),
         ("s", "right"),
         ("error", "left"),
-    ):
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     colours = {"complete": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow"}
     ordered: Sequence[SlideOutcome] = sorted(

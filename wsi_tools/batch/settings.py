@@ -15,12 +15,15 @@ import math
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import mpp_for_magnification
 from wsi_tools.options import default_of, output_keys
+
+if TYPE_CHECKING:
+    from wsi_tools.extract import ExtractionConfig
 
 PER_SLIDE_KEYS = ("set", "slide_mpp")  # from the manifest, never from the config
 # A batch runs one slide per worker process, one process per core: encoder
@@ -104,7 +107,9 @@ def compared_settings() -> tuple[str, ...]:
     return tuple(key for key in output_keys(ExtractionConfig) if key not in PER_SLIDE_KEYS)
 
 
-def extraction_config(settings: Mapping[str, Any], set_name: str, slide_mpp: float | None):  # type: ignore[no-untyped-def]
+def extraction_config(
+    settings: Mapping[str, Any], set_name: str, slide_mpp: float | None
+) -> ExtractionConfig:
     """The ExtractionConfig of one slide: the batch settings plus its manifest row."""
     from wsi_tools.extract import ExtractionConfig
 

@@ -179,7 +179,7 @@ def run_tissue(args: argparse.Namespace) -> int:
         regions = (
             len(getattr(tissue.polygon, "geoms", [tissue.polygon])) if not tissue.polygon.is_empty else 0
         )
-        summary = {
+        summary: dict[str, Any] = {
             "slide": str(slide.path),
             "tissue_area_mm2": round(tissue.area_mm2 or 0.0, 6),
             "tissue_fraction": round(tissue.fraction_of_slide, 6),

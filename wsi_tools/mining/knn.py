@@ -19,14 +19,13 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from wsi_tools.errors import ConfigError
 
-Metric = Literal["l2", "cosine"]
 METRICS = ("l2", "cosine")
 DEFAULT_QUERY_ROWS = 4_096
 # Budget for one query-block x chunk score matrix; sets the default chunk size.
@@ -105,13 +104,13 @@ def knn_search(
     database: Any,
     k: int,
     *,
-    metric: Metric = "l2",
+    metric: str = "l2",
     exclude: np.ndarray | None = None,
     chunk_rows: int | None = None,
     query_rows: int = DEFAULT_QUERY_ROWS,
     scores_mb: float = DEFAULT_SCORES_MB,
     device: str | torch.device | None = None,
-    backend: Literal["torch", "faiss"] = "torch",
+    backend: str = "torch",
 ) -> KnnResult:
     """Exact ``k`` nearest database rows for every query row.
 
@@ -237,7 +236,7 @@ def _faiss_search(
 ) -> KnnResult:
     """Exact search with faiss' flat index (holds the database in memory)."""
     try:
-        import faiss  # type: ignore[import-not-found]
+        import faiss
     except ImportError as error:
         raise ConfigError(
             "the faiss kNN backend needs faiss: pip install 'wsi-tools[faiss]', or use backend torch"

@@ -157,7 +157,7 @@ def find_false_positives(
     ones at or above the threshold with its ``embed_patches``."""
     from wsi_tools.train.trainer import embed_patches, predict
 
-    options = {"num_workers": config.num_workers, "progress": config.progress}
+    options: dict[str, Any] = {"num_workers": config.num_workers, "progress": config.progress}
     probs = predict(model, store_path, candidates.refs, config.batch_size, config.device, **options)
     hit = np.nonzero(probs >= config.threshold)[0]
     table = candidates.take(hit)

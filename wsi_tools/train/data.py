@@ -38,7 +38,7 @@ class PatchRef(NamedTuple):
     """One patch of the store: slide group and row index."""
 
     slide_id: str
-    index: int
+    index: int  # type: ignore[assignment]  # the row index; shadows tuple.index, which nothing here calls
 
 
 def open_store(store_path: str | Path) -> Any:
@@ -219,7 +219,7 @@ def collate_patches(samples: Sequence[Any]) -> Any:
     :class:`PatchBatch`): a resized batch as is, anything else by ``default_collate``."""
     if isinstance(samples, PatchBatch):
         return samples.images, samples.labels
-    return default_collate(samples)
+    return default_collate(list(samples))
 
 
 class PatchDataset(Dataset):
@@ -280,9 +280,9 @@ class PatchDataset(Dataset):
         # HWC -> CHW view; RGB stays RGB.
         return self.transform(torch.from_numpy(image).permute(2, 0, 1)), self._label(row)
 
-    def __getitems__(self, rows: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __getitems__(self, wanted: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A batch, read slide by slide in index order (shard files are read front to back)."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(wanted, dtype=np.int64)
         p = int(self._reader(str(self.table.slide_ids[rows[0]])).patch_size) if len(rows) else 0
         images = np.empty((len(rows), p, p, 3), np.uint8)
         slide_of = self.table.slide_ids[rows]

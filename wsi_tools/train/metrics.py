@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -57,8 +58,8 @@ def point_metrics(
 
 
 def compute_metrics(
-    labels: Sequence[int],
-    probs: Sequence[float],
+    labels: ArrayLike,
+    probs: ArrayLike,
     threshold: float = 0.1,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -110,7 +111,7 @@ def compute_metrics(
 
 
 def slide_scores(
-    slide_ids: Sequence[str], labels: Sequence[int], probs: Sequence[float]
+    slide_ids: ArrayLike, labels: ArrayLike, probs: ArrayLike
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per slide: label = any positive patch, score = the maximum patch probability."""
     ids = np.asarray(slide_ids, dtype=object)

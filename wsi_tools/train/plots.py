@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -14,7 +15,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 Curve = tuple[np.ndarray, np.ndarray]  # (labels, probs)
 
 
-def _figure() -> tuple[Figure, object]:
+def _figure() -> tuple[Figure, Axes]:
     figure = Figure(figsize=(5, 4.5), dpi=110)
     FigureCanvasAgg(figure)
     return figure, figure.add_subplot(1, 1, 1)

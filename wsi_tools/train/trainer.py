@@ -50,16 +50,14 @@ On the CPU everything runs at full precision.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +89,15 @@ from wsi_tools.train.data import (
 from wsi_tools.train.metrics import compute_metrics, slide_scores
 from wsi_tools.train.model import PatchClassifier, build_model
 from wsi_tools.train.plots import plot_loss, plot_pr, plot_roc
+from wsi_tools.train.runtime import (
+    Runtime,
+    log,
+    progress_enabled,
+    reproducibility,
+    resolve_device,
+    seed_everything,
+    start_runtime,
+)
 from wsi_tools.train.splits import assert_disjoint, make_splits, read_splits_csv, write_splits_csv
 from wsi_tools.train.tables import split_table, training_table
 
@@ -105,117 +112,6 @@ class TrainResult:
     last_checkpoint: Path | None = None
     splits: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- runtime
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how tensors are computed in this process."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    owns_process_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device: {name!r} was asked for but CUDA is not available; use device: cpu or auto"
-            )
-        return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
-    return torch.device("cpu")
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.amp == "off":
-        return None
-    if config.amp == "bf16" or (config.amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
-def _start_runtime(config: TrainConfig) -> Runtime:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank, owns = 0, 0, False
-    if world_size > 1:
-        rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-            owns = True
-    device = resolve_device(config.device, local_rank)
-    return Runtime(
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        amp_dtype=_amp_dtype(config, device),
-        channels_last=config.channels_last and device.type == "cuda",
-        owns_process_group=owns,
-    )
-
-
-@contextlib.contextmanager
-def _reproducibility(config: TrainConfig, runtime: Runtime) -> Iterator[None]:
-    """Deterministic algorithms for this run only (global torch flags are restored)."""
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    )
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif runtime.cuda:
-        torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1], previous[2]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _log(runtime: Runtime | None, message: str) -> None:
-    if runtime is None or runtime.is_main:
-        tqdm.write(message, file=sys.stderr)
-
-
-def _progress_enabled(wanted: bool, runtime: Runtime | None = None) -> bool:
-    return wanted and sys.stderr.isatty() and (runtime is None or runtime.is_main)
 
 
 # ---------------------------------------------------------------- data plumbing
@@ -271,7 +167,7 @@ def _to_device(
 
 @torch.no_grad()
 def _logits(
-    model: nn.Module,
+    model: PatchClassifier,
     store_path: Path,
     table: PatchTable,
     batch_size: int,
@@ -290,7 +186,7 @@ def _logits(
     loader = _loader(dataset, batch_size, order, num_workers, runtime, seed=0)
     transform = BatchTransform(model.input_size, augment=False).to(runtime.device)
     outputs = []
-    for images, _ in tqdm(loader, desc=desc, disable=not _progress_enabled(progress, runtime), leave=False):
+    for images, _ in tqdm(loader, desc=desc, disable=not progress_enabled(progress, runtime), leave=False):
         x = _to_device(images, runtime, transform)
         with runtime.autocast():
             out = model.embed(x) if embed else model(x)
@@ -460,7 +356,7 @@ def build_splits(
     fixed = _fixed_splits(config, splits, infos)
     ignored = sorted(set(fixed) - set(candidates))
     if ignored:
-        _log(
+        log(
             runtime,
             f"note: {len(ignored)} slide(s) with a given split are not training candidates and are ignored: {', '.join(ignored[:5])}",
         )
@@ -526,7 +422,7 @@ def _train_epoch(
     criterion = nn.BCEWithLogitsLoss(reduction="sum")
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
     seen = 0
-    bar = tqdm(loader, desc=desc, disable=not _progress_enabled(progress, runtime), leave=False, unit="batch")
+    bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress, runtime), leave=False, unit="batch")
     for step, (images, labels) in enumerate(bar):
         x = _to_device(images, runtime, batch_transform)
         y = labels.to(runtime.device, non_blocking=True)
@@ -588,9 +484,9 @@ def train(
     out_dir = required_path(out_dir, config.out, flag="--out RUN_DIR", key="out", what="run folder")
     config = config.replace(store=str(store_path), out=str(out_dir))
     progress = config.progress if progress is None else progress
-    runtime = _start_runtime(config)
+    runtime = start_runtime(config)
     try:
-        with _reproducibility(config, runtime):
+        with reproducibility(config, runtime):
             return _train(
                 config, store_path, out_dir, splits, extra_train_negatives, resume, progress, runtime
             )
@@ -616,7 +512,7 @@ def _train(
 
     store = open_store(store_path)
     if checkpoint is not None:
-        check_store_fingerprint(checkpoint, store, resume, store_path, refuse=True)
+        check_store_fingerprint(checkpoint, store, str(resume), store_path, refuse=True)
         splits = dict(checkpoint["splits"])
         if splits_arg is not None:
             given = read_splits_csv(splits_arg) if isinstance(splits_arg, str | Path) else dict(splits_arg)
@@ -644,7 +540,7 @@ def _train(
         raise ConfigError(
             f"{store_path}: the training split has {len(train_table)} patch(es); need at least 2"
         )
-    _log(
+    log(
         runtime,
         "slides: "
         + ", ".join(f"{n} {sum(v == n for v in splits.values())}" for n in SPLIT_NAMES)
@@ -667,7 +563,8 @@ def _train(
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if runtime.distributed:
-        model = nn.parallel.DistributedDataParallel(
+        # DDP wraps the model and forwards to it; _unwrap() gives the PatchClassifier back.
+        model = nn.parallel.DistributedDataParallel(  # type: ignore[assignment]
             model, device_ids=[runtime.device.index] if runtime.cuda else None
         )
     sampler = EpochSampler(
@@ -710,7 +607,7 @@ def _train(
             best_epoch=int(checkpoint["best_epoch"]),
             history=list(checkpoint["history"]),
         )
-        _log(runtime, f"resuming {resume} after epoch {state.epoch}")
+        log(runtime, f"resuming {resume} after epoch {state.epoch}")
 
     placement = _transform_placement(config, runtime)
     dataset = PatchDataset(
@@ -739,7 +636,7 @@ def _train(
     stale = 0 if not state.history else state.epoch - state.best_epoch
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if config.early_stopping_patience and stale >= config.early_stopping_patience:
-            _log(runtime, f"early stopping: no lower validation loss for {stale} epoch(s)")
+            log(runtime, f"early stopping: no lower validation loss for {stale} epoch(s)")
             break
         sampler.set_epoch(epoch)
         # Augmentation draws depend on (seed, epoch) only, so resuming replays them.
@@ -783,7 +680,7 @@ def _train(
         }
         state.history.append(row)
         state.epoch = epoch
-        _log(
+        log(
             runtime,
             f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  val loss "
             + ("-" if val_loss is None else f"{val_loss:.4f}")
@@ -850,7 +747,7 @@ def _warn_changed_config(checkpoint: Mapping[str, Any], config: TrainConfig, run
         k for k, v in config.to_dict().items() if k not in ("store", "out") and previous.get(k, v) != v
     )
     if changed:
-        _log(runtime, f"note: resuming with changed config key(s): {', '.join(changed)}")
+        log(runtime, f"note: resuming with changed config key(s): {', '.join(changed)}")
 
 
 def _write_history(history: Sequence[Mapping[str, Any]], path: Path) -> None:
