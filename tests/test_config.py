@@ -104,3 +104,13 @@ def test_a_bad_file_is_named_before_any_override(tmp_path: Path) -> None:
     path.write_text("mining:\n  alpha: 0\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: bad value for 'mining\.alpha'"):
         load_hnm_config(path, ["mining.alpha=5"])
+
+
+def test_batch_prints_its_extraction_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "extract.yaml"
+    config.write_text("patch_size: 256\nfraction: 1/2\n")
+    argv = ["batch", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "s.zarr"), "--config", str(config)]
+    assert main([*argv, "--min-tissue", "0.25", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["patch_size"], printed["fraction"], printed["min_tissue"]) == (256, 0.5, 0.25)
+    assert printed["threads"] == 1 and not (tmp_path / "s.zarr").exists()

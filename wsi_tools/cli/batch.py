@@ -7,6 +7,8 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+from wsi_tools.cli._common import add_print_config, print_config
+
 MANIFEST_DESCRIPTION = """\
 Write a batch manifest (CSV) for a folder of slides. A slide (*.svs, *.tif,
 *.tiff, searched recursively) with an ASAP XML of the same stem beside it is a
@@ -163,6 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)"
     )
     _add_extraction_flags(batch)
+    add_print_config(batch)
     batch.set_defaults(func=_batch)
 
 
@@ -187,7 +190,6 @@ def _batch(args: argparse.Namespace) -> int:
     from wsi_tools.batch.report import summary_table
     from wsi_tools.batch.settings import load_settings
 
-    manifest = read_manifest(args.manifest)
     overrides = {
         key: getattr(args, key)
         for key in (
@@ -207,6 +209,9 @@ def _batch(args: argparse.Namespace) -> int:
         )
     }
     settings = load_settings(args.config, overrides)
+    if args.print_config:
+        return print_config(settings)
+    manifest = read_manifest(args.manifest)
     options = BatchOptions(
         workers=args.workers,
         scheduler=args.scheduler,
