@@ -9,10 +9,14 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from wsi_tools.cli._common import add_print_config, print_config
 from wsi_tools.options import load_layered
-from wsi_tools.train.config import describe_keys, load_config
+from wsi_tools.train.config import TrainConfig, describe_keys, load_config
+
+if TYPE_CHECKING:
+    from wsi_tools.train.data import PatchRef
 
 TRAIN_DESCRIPTION = """\
 Train the ResNet18 patch classifier from a patch store (the weak model of
@@ -137,7 +141,6 @@ def _summary(metrics: dict) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from wsi_tools.train.config import TrainConfig
     from wsi_tools.train.trainer import read_checkpoint, train
 
     if args.resume and not args.config:
@@ -163,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mined_negatives(csv_path: str, config: object, store_arg: str | None) -> list:
+def _mined_negatives(csv_path: str, config: TrainConfig, store_arg: str | None) -> list[PatchRef]:
     """The mined patches of ``csv_path``, checked against the splits they will train with."""
     from wsi_tools.config_file import required_path
     from wsi_tools.errors import ConfigError
@@ -171,8 +174,7 @@ def _mined_negatives(csv_path: str, config: object, store_arg: str | None) -> li
     from wsi_tools.train.data import open_store
     from wsi_tools.train.splits import read_splits_csv
 
-    splits_file = getattr(config, "splits_file", None)
-    if not splits_file:
+    if not config.splits_file:
         raise ConfigError(
             f"--mined {csv_path}: train the strong model on the weak model's splits, or the false positives "
             "it was mined for may sit in this run's test split: add --set splits_file=WEAK_RUN/splits.csv"
@@ -183,7 +185,7 @@ def _mined_negatives(csv_path: str, config: object, store_arg: str | None) -> li
         )
     )
     mined = read_mined_csv(csv_path, store)
-    check_mined_against_splits(mined, read_splits_csv(splits_file), csv_path)
+    check_mined_against_splits(mined, read_splits_csv(config.splits_file), csv_path)
     return list(mined.refs)
 
 
