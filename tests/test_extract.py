@@ -362,3 +362,12 @@ def test_cli_help_lists_every_option_with_defaults(capsys: pytest.CaptureFixture
     ):
         assert option in text
     assert "(default: 512)" in text and "(default: 1/3)" in text and "(default: 0.5)" in text
+
+
+def test_a_failed_extract_into_a_new_store_leaves_nothing(slide_no_mpp: Path, tmp_path: Path) -> None:
+    store = tmp_path / "new.zarr"
+    with pytest.raises(MissingMppError):
+        extract_slide(slide_no_mpp, store, weak())
+    with pytest.raises(ConfigError):
+        extract_slide(slide_no_mpp, store, ExtractionConfig(set="hard", patch_size=P))
+    assert not store.exists()

@@ -390,8 +390,10 @@ def extract_slide(
     slide_id = sanitize_slide_id(slide_id if slide_id is not None else slide_path.stem)
     if config.set == "hard" and annotation_path is None:
         raise ConfigError(f"{slide_path}: the hard set needs annotations; pass --annotations XML")
-    store = PatchStore(store_path, mode="a")
-    if store.is_complete(slide_id) and not overwrite:
+    # A new store is created only once every input has passed its checks: a bad slide,
+    # MPP or annotation file leaves nothing on disk. An existing one is opened now, to skip.
+    store = PatchStore(store_path, mode="a") if Path(store_path).exists() else None
+    if store is not None and store.is_complete(slide_id) and not overwrite:
         store.remove_leftovers(slide_id)
         attrs = store.slide_attrs(slide_id)
         return SlideResult(
@@ -422,6 +424,8 @@ def extract_slide(
 
         attrs = _provenance(slide, plan, extent, config, annotation_path, labeled, annotations, tissue)
         attrs["started"] = started
+        if store is None:
+            store = PatchStore(store_path, mode="a")
         writer = store.begin_slide(
             slide_id, len(windows), config.patch_size, attrs, overwrite=True, compression=config.compression
         )
