@@ -39,8 +39,7 @@ def split_table(store: Any, splits: Mapping[str, str], split: str) -> PatchTable
 @dataclass(frozen=True)
 class TrainingTable:
     table: PatchTable  # what the model trains on, split patches first
-    split_part: PatchTable  # the training split's own patches (after subsampling)
-    extra: PatchTable  # the extra negatives kept (not already in the split part)
+    extra: PatchTable  # the extra negatives kept (not already in the split's patches)
 
 
 def training_table(
@@ -57,7 +56,7 @@ def training_table(
     )
     extra = table_from_refs(store, list(extra_refs), label=0)
     if not len(extra):
-        return TrainingTable(split_part, split_part, extra)
+        return TrainingTable(split_part, extra)
     assert_disjoint(
         {
             "extra training negatives": set(extra.slide_ids.tolist()),
@@ -73,4 +72,4 @@ def training_table(
             if (str(slide_id), int(index)) not in known
         ]
     )
-    return TrainingTable(PatchTable.concat([split_part, extra]), split_part, extra)
+    return TrainingTable(PatchTable.concat([split_part, extra]), extra)

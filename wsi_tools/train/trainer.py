@@ -327,6 +327,11 @@ def load_model(
 # ---------------------------------------------------------------- splits and tables
 
 
+def _given_splits(splits: Mapping[str, str] | str | Path) -> dict[str, str]:
+    """A ``splits`` argument: a slide -> split mapping, or a CSV path to read one from."""
+    return read_splits_csv(splits) if isinstance(splits, str | Path) else dict(splits)
+
+
 def _fixed_splits(
     config: TrainConfig, splits: Mapping[str, str] | str | Path | None, infos: Mapping[str, Any]
 ) -> dict[str, str]:
@@ -335,7 +340,7 @@ def _fixed_splits(
     if config.splits_file:
         fixed.update(read_splits_csv(config.splits_file))
     if splits is not None:
-        fixed.update(read_splits_csv(splits) if isinstance(splits, str | Path) else dict(splits))
+        fixed.update(_given_splits(splits))
     return fixed
 
 
@@ -515,7 +520,7 @@ def _train(
         check_store_fingerprint(checkpoint, store, str(resume), store_path, refuse=True)
         splits = dict(checkpoint["splits"])
         if splits_arg is not None:
-            given = read_splits_csv(splits_arg) if isinstance(splits_arg, str | Path) else dict(splits_arg)
+            given = _given_splits(splits_arg)
             differ = sorted(slide for slide, split in given.items() if splits.get(slide) != split)
             if differ:
                 raise ConfigError(
