@@ -326,7 +326,7 @@ def choose_weak_holdout(store: Path, splits: Mapping[str, str], count: int, seed
 
 
 def score_refs(checkpoint: Path, store: Path, refs: Sequence[Any], recipe: TrainConfig) -> Any:
-    from wsi_tools.train.trainer import load_model, predict
+    from wsi_tools.train.inference import load_model, predict
 
     model, _ = load_model(checkpoint)
     return predict(model, store, refs, recipe.batch_size, recipe.device)

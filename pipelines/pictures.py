@@ -34,7 +34,8 @@ def tsne_figure(
     """Training patches of the weak model (TP/FN/TN/FP by its scores) and the
     mined weak patches, embedded by both models."""
     from wsi_tools.mining.mine import training_table
-    from wsi_tools.train.trainer import embed_patches, load_model, predict, read_checkpoint
+    from wsi_tools.train.checkpoint import read_checkpoint
+    from wsi_tools.train.inference import embed_patches, load_model, predict
 
     weak_model, _ = load_model(weak.best_checkpoint)
     strong_model, _ = load_model(strong.best_checkpoint)
@@ -74,7 +75,7 @@ def gradcam_figure(
 
     from wsi_tools.pipelines.report import read_test_rows
     from wsi_tools.train.augment import BatchTransform
-    from wsi_tools.train.trainer import load_model
+    from wsi_tools.train.inference import load_model
 
     rows = read_test_rows(weak.run_dir)
     threshold = recipe.threshold

@@ -194,7 +194,8 @@ def weak_run(tmp_path_factory: pytest.TempPathFactory):
 def test_exact_pixel_copies_of_false_positives_are_mined_first_at_distance_zero(weak_run, tmp_path):
     from wsi_tools.mining.mine import MiningConfig, fp_candidate_table, run_mining, training_table
     from wsi_tools.store import PatchStore
-    from wsi_tools.train.trainer import load_model, predict, read_checkpoint
+    from wsi_tools.train.checkpoint import read_checkpoint
+    from wsi_tools.train.inference import load_model, predict
 
     store_path, weak = weak_run
     # Copy the 4 highest-scoring training negatives into a weak slide, among random patches.

@@ -79,7 +79,7 @@ def test_weak_and_strong_are_scored_on_identical_test_rows(pipeline_run):
 
 def test_mined_patches_go_to_training_only_and_come_from_the_weak_set(pipeline_run):
     from wsi_tools.store import PatchStore
-    from wsi_tools.train.trainer import read_checkpoint
+    from wsi_tools.train.checkpoint import read_checkpoint
 
     store_path, out, _ = pipeline_run
     store = PatchStore(store_path)
@@ -105,7 +105,7 @@ def test_mined_patches_go_to_training_only_and_come_from_the_weak_set(pipeline_r
 
 
 def test_strong_starts_from_the_weak_models_initial_weights(pipeline_run):
-    from wsi_tools.train.trainer import read_checkpoint
+    from wsi_tools.train.checkpoint import read_checkpoint
 
     _, out, _ = pipeline_run
     init = out / "seed_0" / "init.pt"
@@ -247,7 +247,8 @@ def test_a_changed_store_is_refused_on_resume_and_flagged_on_evaluate_and_mine(
     from wsi_tools.errors import StoreError
     from wsi_tools.store import PatchStore
     from wsi_tools.train.config import load_config
-    from wsi_tools.train.trainer import evaluate, train
+    from wsi_tools.train.evaluation import evaluate
+    from wsi_tools.train.trainer import train
 
     store, out, report = pipeline_run
     changed = tmp_path / "changed.zarr"

@@ -15,10 +15,13 @@ import torch
 from wsi_tools.cli import main
 from wsi_tools.errors import ConfigError
 from wsi_tools.train import trainer
+from wsi_tools.train.checkpoint import read_checkpoint
 from wsi_tools.train.config import load_config
 from wsi_tools.train.data import PatchRef, open_store
+from wsi_tools.train.evaluation import evaluate
+from wsi_tools.train.inference import embed_patches, load_model, predict
 from wsi_tools.train.toy import write_toy_store
-from wsi_tools.train.trainer import embed_patches, evaluate, load_model, predict, read_checkpoint, train
+from wsi_tools.train.trainer import train
 
 # Six slides with positives, four without: 4/1/1 and 2/1/1 slides per split.
 LEARN_SLIDES = [(f"hard{i}", "hard", 12, 5 if i < 6 else 0) for i in range(10)] + [("weak0", "weak", 10, 0)]
@@ -127,7 +130,7 @@ def test_tiny_run_learns_and_writes_the_run_folder(learned: trainer.TrainResult,
     assert checkpoint["best_epoch"] == 1 + int(np.argmin(losses))
     last = read_checkpoint(learned.last_checkpoint)
     steps_per_epoch = last["scheduler"]["last_epoch"] // 3
-    assert last["scheduler"]["T_max"] == 3 * steps_per_epoch
+    assert last["scheduler"]["total_steps"] == 3 * steps_per_epoch
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
     assert history[0]["lr"] > 1e-4
     assert all(h["patches_per_s"] > 0 for h in history)
@@ -163,7 +166,7 @@ def test_resume_continues_like_a_straight_run(
     config = load_config(None, [*QUICK, "epochs=2", "augment=true"])
     straight = train(config, small_store, tmp_path / "straight")
 
-    real_epoch = trainer._train_epoch
+    real_epoch = trainer.train_one_epoch
     calls = {"n": 0}
 
     def crash_in_second_epoch(*args, **kwargs):  # noqa: ANN002, ANN003 - same signature as the real one
@@ -172,10 +175,10 @@ def test_resume_continues_like_a_straight_run(
             raise KeyboardInterrupt("simulated crash")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_train_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(trainer, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(config, small_store, tmp_path / "crashed")
-    monkeypatch.setattr(trainer, "_train_epoch", real_epoch)
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
     assert read_checkpoint(tmp_path / "crashed" / "last.pt")["epoch"] == 1
 
     resumed = train(config, small_store, tmp_path / "crashed", resume=tmp_path / "crashed" / "last.pt")
@@ -271,3 +274,62 @@ def test_torchrun_ddp_on_two_cpu_processes(small_store: Path, tmp_path: Path) ->
     per_rank = math.ceil(sum(6 for v in state["splits"].values() if v == "train") / 2)
     assert state["scheduler"]["last_epoch"] == math.ceil(per_rank / 8)
     assert (run / "metrics.json").is_file() and (run / "predictions.csv").is_file()
+
+
+def test_cosine_schedule_is_closed_form_and_re_spans_on_resume() -> None:
+    from wsi_tools.train.checkpoint import CosineSchedule, cosine_lr
+
+    assert cosine_lr(0, 10, 1.0, 0.0) == pytest.approx(1.0)
+    assert cosine_lr(5, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert cosine_lr(10, 10, 1.0, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(99, 10, 1.0, 0.1) == pytest.approx(0.1)  # past the end: stays at eta_min
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    schedule = CosineSchedule(optimizer, total_steps=4, eta_min=0.0)
+    for _ in range(2):
+        schedule.step()
+    assert schedule.last_lr == pytest.approx(0.1)
+    # The run is extended to 8 steps: it carries on from step 2 of the new, longer curve.
+    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
+    resumed = CosineSchedule(fresh, total_steps=8, eta_min=0.0, state=schedule.state_dict())
+    assert resumed.base_lrs == [0.2]
+    assert resumed.last_lr == pytest.approx(cosine_lr(2, 8, 0.2, 0.0))
+    # torch's CosineAnnealingLR state (old checkpoints) reads the same.
+    old = {"last_epoch": 3, "base_lrs": [0.2], "T_max": 4, "eta_min": 0.0, "_last_lr": [0.0]}
+    assert CosineSchedule(fresh, total_steps=6, eta_min=0.0, state=old).last_lr == pytest.approx(
+        cosine_lr(3, 6, 0.2, 0.0)
+    )
+
+
+def test_a_training_method_plugs_in_its_sampler_and_step(small_store: Path, tmp_path: Path) -> None:
+    """A new method supplies the order of the patches and the loss; the loop is the trainer's."""
+    from wsi_tools.train.loop import bce_step
+
+    seen_labels: list[int] = []
+    steps: list[int] = []
+
+    class FirstHalf:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+        def __len__(self) -> int:
+            return self.n // 2
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(range(self.n // 2))
+
+    def sampler(table, config, runtime):  # type: ignore[no-untyped-def]
+        seen_labels.extend(int(v) for v in table.labels)
+        return FirstHalf(len(table))
+
+    def step(model, images, labels, runtime):  # type: ignore[no-untyped-def]
+        steps.append(len(labels))
+        return bce_step(model, images, labels, runtime)
+
+    config = load_config(None, [*QUICK, "epochs=1", "augment=false"])
+    result = train(config, small_store, tmp_path / "plugged", sampler=sampler, step=step)
+    assert seen_labels and set(seen_labels) <= {0, 1}
+    assert sum(steps) == len(seen_labels) // 2  # the loop drew only what the sampler gave
+    assert result.history[0]["epoch"] == 1

@@ -151,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_mine(args: argparse.Namespace) -> int:
     from wsi_tools.mining.mine import MiningConfig, run_mining
     from wsi_tools.options import from_mapping, given_flags
-    from wsi_tools.train.trainer import read_checkpoint
+    from wsi_tools.train.checkpoint import read_checkpoint
 
     flags = given_flags(args, MiningConfig)
     if "threshold" not in flags:  # the model's own decision threshold

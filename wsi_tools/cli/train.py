@@ -141,7 +141,8 @@ def _summary(metrics: dict) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from wsi_tools.train.trainer import read_checkpoint, train
+    from wsi_tools.train.checkpoint import read_checkpoint
+    from wsi_tools.train.trainer import train
 
     if args.resume and not args.config:
         # Continue with the checkpoint's own recipe, plus any --set.
@@ -190,7 +191,7 @@ def _mined_negatives(csv_path: str, config: TrainConfig, store_arg: str | None) 
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from wsi_tools.train.trainer import evaluate
+    from wsi_tools.train.evaluation import evaluate
 
     metrics = evaluate(
         args.checkpoint,

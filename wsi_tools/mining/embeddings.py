@@ -78,7 +78,7 @@ def cached_features(
     import zarr
     from tqdm import tqdm
 
-    from wsi_tools.train.trainer import embed_patches
+    from wsi_tools.train.inference import embed_patches
 
     path = Path(cache_dir) / f"embeddings-{key}.zarr"
     digest = _table_digest(table)

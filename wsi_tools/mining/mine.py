@@ -155,7 +155,7 @@ def find_false_positives(
 ) -> FalsePositives:
     """Score every candidate negative with the trainer's ``predict``; embed the
     ones at or above the threshold with its ``embed_patches``."""
-    from wsi_tools.train.trainer import embed_patches, predict
+    from wsi_tools.train.inference import embed_patches, predict
 
     options: dict[str, Any] = {"num_workers": config.num_workers, "progress": config.progress}
     probs = predict(model, store_path, candidates.refs, config.batch_size, config.device, **options)
@@ -339,8 +339,9 @@ def run_mining(
     ``cache_dir`` (default ``out_dir``). ``exclude_slides`` are weak slides
     kept out of the pool (held out for evaluation)."""
     from wsi_tools.mining.embeddings import cache_key, cached_features, file_digest
+    from wsi_tools.train.checkpoint import check_store_fingerprint, read_checkpoint
     from wsi_tools.train.data import open_store
-    from wsi_tools.train.trainer import check_store_fingerprint, load_model, read_checkpoint
+    from wsi_tools.train.inference import load_model
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

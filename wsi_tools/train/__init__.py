@@ -5,9 +5,14 @@ Public API (re-exported lazily, so ``import wsi_tools.train.config`` needs no to
 - :class:`TrainConfig`, :func:`load_config` (``config.py``);
 - :class:`PatchRef`, :class:`PatchTable`, :class:`PatchDataset`, :func:`select_patches`
   (``data.py``);
-- :func:`train` -> :class:`TrainResult`, :func:`load_model`, :func:`predict`,
-  :func:`embed_patches`, :func:`evaluate`, :func:`read_checkpoint`, :func:`build_splits`,
-  :func:`split_table` (``trainer.py``);
+- :func:`train` -> :class:`TrainResult`, :func:`build_splits` (``trainer.py``, the
+  orchestration); :func:`train_one_epoch`, :func:`bce_step` (``loop.py``, the epoch loop
+  with the sampler and the step as parameters);
+- :class:`Checkpoint`, :func:`read_checkpoint`, :func:`load_checkpoint` (``checkpoint.py``);
+- :func:`load_model`, :func:`predict`, :func:`embed_patches`, :func:`score_patches`
+  (``inference.py``, one scoring function for logits and embeddings);
+- :func:`evaluate` and the run report (``evaluation.py``);
+- :func:`split_table`, :func:`training_table` (``tables.py``, shared with the miner);
 - :func:`compute_metrics` (``metrics.py``), :func:`make_splits` (``splits.py``),
   :func:`build_model` / ``model.embed(x) -> (B, 512)`` (``model.py``).
 """
@@ -26,13 +31,19 @@ _EXPORTS = {
     "select_patches": "data",
     "TrainResult": "trainer",
     "train": "trainer",
-    "load_model": "trainer",
-    "predict": "trainer",
-    "embed_patches": "trainer",
-    "evaluate": "trainer",
-    "read_checkpoint": "trainer",
+    "load_model": "inference",
+    "predict": "inference",
+    "embed_patches": "inference",
+    "score_patches": "inference",
+    "evaluate": "evaluation",
+    "read_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "Checkpoint": "checkpoint",
     "build_splits": "trainer",
-    "split_table": "trainer",
+    "split_table": "tables",
+    "training_table": "tables",
+    "train_one_epoch": "loop",
+    "bce_step": "loop",
     "compute_metrics": "metrics",
     "make_splits": "splits",
     "read_splits_csv": "splits",
