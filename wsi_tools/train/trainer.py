@@ -187,11 +187,7 @@ class _Run:
         checkpoint = self._resumed(resume, splits_arg, store) if resume else None
         if checkpoint is not None and not extra_refs:
             extra_refs = checkpoint.extra_refs()
-        splits = dict(checkpoint.splits) if checkpoint else build_splits(config, store, splits_arg, runtime)
-        if runtime.distributed:
-            shared = [splits]
-            dist.broadcast_object_list(shared, src=0)
-            splits = shared[0]
+        splits = self._splits(checkpoint, splits_arg, store)
         tables = {name: split_table(store, splits, name) for name in SPLIT_NAMES}
         built = training_table(store, splits, config, extra_refs)
         self._describe(splits, built.table, built.extra, tables)
@@ -202,22 +198,7 @@ class _Run:
         sampler = make_sampler(built.table, config, runtime)
         # A last batch of one patch breaks BatchNorm in training mode: drop it.
         drop_last = len(sampler) > config.batch_size and len(sampler) % config.batch_size == 1
-        steps_per_epoch = (
-            len(sampler) // config.batch_size if drop_last else -(-len(sampler) // config.batch_size)
-        )
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-        if checkpoint is not None:
-            unwrap(model).load_state_dict(checkpoint.model)
-            optimizer.load_state_dict(checkpoint.optimizer)
-            scaler.load_state_dict(checkpoint.scaler)
-        # An extended (or shortened) resumed run re-spans the cosine over its new length.
-        schedule = CosineSchedule(
-            optimizer,
-            config.epochs * steps_per_epoch,
-            config.eta_min,
-            checkpoint.scheduler if checkpoint else None,
-        )
+        optimizer, schedule, scaler = self._optimisation(model, len(sampler), drop_last, checkpoint)
         record = self._record(checkpoint, splits, store, built.extra)
 
         dataset, batch_transform = self._training_data(built.table)
@@ -257,6 +238,37 @@ class _Run:
         if runtime.distributed:
             dist.barrier()
         return TrainResult(self.out_dir, best_path, metrics, last_path, dict(splits), list(record.history))
+
+    def _splits(
+        self, checkpoint: Checkpoint | None, splits_arg: Mapping[str, str] | str | Path | None, store: Any
+    ) -> dict[str, str]:
+        """The run's slide splits: the checkpoint's on resume, else built on rank 0 and shared."""
+        if checkpoint is not None:
+            return dict(checkpoint.splits)
+        splits = build_splits(self.config, store, splits_arg, self.runtime)
+        if self.runtime.distributed:
+            shared = [splits]
+            dist.broadcast_object_list(shared, src=0)
+            splits = shared[0]
+        return splits
+
+    def _optimisation(
+        self, model: nn.Module, n_samples: int, drop_last: bool, checkpoint: Checkpoint | None
+    ) -> tuple[torch.optim.Optimizer, CosineSchedule, torch.amp.GradScaler]:
+        """Adam, the per-batch cosine schedule and the AMP scaler, restored on resume."""
+        config, runtime = self.config, self.runtime
+        batches = n_samples // config.batch_size if drop_last else -(-n_samples // config.batch_size)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+        if checkpoint is not None:
+            unwrap(model).load_state_dict(checkpoint.model)
+            optimizer.load_state_dict(checkpoint.optimizer)
+            scaler.load_state_dict(checkpoint.scaler)
+        # An extended (or shortened) resumed run re-spans the cosine over its new length.
+        schedule = CosineSchedule(
+            optimizer, config.epochs * batches, config.eta_min, checkpoint.scheduler if checkpoint else None
+        )
+        return optimizer, schedule, scaler
 
     def _resumed(
         self, resume: str | Path, splits_arg: Mapping[str, str] | str | Path | None, store: Any
