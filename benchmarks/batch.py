@@ -44,7 +44,7 @@ SETTINGS = {"target_mpp": 1.0, "patch_size": 512, "fraction": 1.0}
 
 
 def make_slide(path: str, seed: int) -> str:
-    from wsi_tools.synth import tissue_content, write_aperio_svs
+    from wsi_tools.testing.synth import tissue_content, write_aperio_svs
 
     if not Path(path).exists():
         partial = f"{path}.partial.svs"

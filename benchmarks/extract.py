@@ -120,7 +120,7 @@ def expected_calls(size: tuple[int, int]) -> list[tuple]:
 
 
 def generate(cache: Path, name: str) -> tuple[Path, float]:
-    from wsi_tools.synth import tissue_content, write_aperio_svs
+    from wsi_tools.testing.synth import tissue_content, write_aperio_svs
 
     mpp, app_mag, size, blob = SLIDES[name]
     path = cache / f"{name}_{size[0]}x{size[1]}_blob{blob}.svs"

@@ -1,7 +1,7 @@
 """Loading patches for training: the zarr store vs its Zenodo-style PNG export.
 
 Builds a store of a few hundred 512x512 H&E-like patches (crops of
-``wsi_tools.synth.synthetic_tissue``, plus crops of CMU-1-Small-Region when
+``wsi_tools.testing.synth.synthetic_tissue``, plus crops of CMU-1-Small-Region when
 the real test data is beside the repo), exports it with
 ``wsi_tools.export.export_png``, and reads both through the same DataLoader
 (2 workers, batch 64): the workers decode a batch and resize it to 224 (uint8,
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsi_tools.export import export_png, read_rgb
 from wsi_tools.store import PatchStore
-from wsi_tools.synth import synthetic_tissue
+from wsi_tools.testing.synth import synthetic_tissue
 from wsi_tools.train.augment import BatchTransform
 from wsi_tools.train.data import (
     PatchBatch,

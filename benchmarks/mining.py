@@ -93,10 +93,10 @@ def bench_mining(folder: Path, weak_patches: int, naive_queries: int) -> dict[st
         weak_pool_table,
     )
     from wsi_tools.store import PatchStore
+    from wsi_tools.testing.toy import write_toy_store
     from wsi_tools.train import TrainConfig, train
     from wsi_tools.train.checkpoint import read_checkpoint
     from wsi_tools.train.inference import embed_patches, load_model
-    from wsi_tools.train.toy import write_toy_store
 
     per_slide = 500
     slides = [(f"h{i}", "hard", 24, 8) for i in range(5)]

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_tools import fast_zstd, patch_codec
-from wsi_tools.synth import synthetic_tissue, tissue_content, write_aperio_svs
+from wsi_tools.testing.synth import synthetic_tissue, tissue_content, write_aperio_svs
 
 P = 512
 REPEATS = 2

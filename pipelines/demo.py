@@ -1,6 +1,6 @@
 """``wsi-tools demo``: the whole method on a generated cohort, on the CPU.
 
-1. a synthetic lymphatic-invasion cohort (:mod:`wsi_tools.cohort`): Aperio
+1. a synthetic lymphatic-invasion cohort (:mod:`wsi_tools.testing.cohort`): Aperio
    SVS slides, ASAP XMLs and a batch manifest;
 2. the same extraction as real data: the Dask batch engine over the manifest
    into a zarr patch store (or ``extract_slide`` per slide when the engine is
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsi_tools.cohort import Cohort, CohortConfig, generate_cohort
 from wsi_tools.config_file import packaged_config
 from wsi_tools.errors import ConfigError
 from wsi_tools.options import Overrides, load_beside
 from wsi_tools.pipelines.hnm import HnmConfig, config_section, log, parse_hnm_config, run_pipeline
+from wsi_tools.testing.cohort import Cohort, CohortConfig, generate_cohort
 
 DEFAULT_CONFIG = packaged_config("demo.yaml")
 
@@ -98,7 +98,7 @@ def _cohort(config: CohortConfig, folder: Path) -> Cohort:
     stamp = folder / "cohort.json"
     wanted = json.dumps(dataclasses.asdict(config), sort_keys=True, default=list)
     if stamp.is_file() and stamp.read_text() == wanted:
-        from wsi_tools.cohort import cohort_from_folder
+        from wsi_tools.testing.cohort import cohort_from_folder
 
         return cohort_from_folder(folder, config)
     cohort = generate_cohort(folder, config)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_tools import figures
+from wsi_tools.viz import figures
 
 
 def _coords_lookup(store: Any, slide_id: str, cache: dict[str, dict[tuple[int, int], int]]) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_tools.synth import synthetic_tissue, write_aperio_svs
+from wsi_tools.testing.synth import synthetic_tissue, write_aperio_svs
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

@@ -29,7 +29,7 @@ from wsi_tools.batch.engine import BatchOptions, local_cluster, run_batch
 from wsi_tools.batch.settings import load_settings
 from wsi_tools.cli import main
 from wsi_tools.store import PatchStore
-from wsi_tools.synth import synthetic_tissue, write_aperio_svs
+from wsi_tools.testing.synth import synthetic_tissue, write_aperio_svs
 
 REPO = Path(__file__).resolve().parents[1]
 # Small patches at ×5 keep every slide to a second or two.

@@ -13,7 +13,7 @@ from shapely.geometry import Point, box
 
 from wsi_tools.annotations import Annotation, write_asap_xml
 from wsi_tools.cli import build_parser, main
-from wsi_tools.synth import synthetic_tissue, write_aperio_svs
+from wsi_tools.testing.synth import synthetic_tissue, write_aperio_svs
 
 CMU = "CMU-1-Small-Region.svs"
 TCGA = "TCGA-CR-7395-01A-01-TS1-crop.svs"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from wsi_tools.annotations import label_annotations, load_label_map, read_asap_xml
-from wsi_tools.cohort import CohortConfig, generate_cohort
+from wsi_tools.testing.cohort import CohortConfig, generate_cohort
 
 TINY = CohortConfig(
     n_hard_slides=2,

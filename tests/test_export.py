@@ -13,7 +13,7 @@ from wsi_tools.cli import main
 from wsi_tools.errors import ConfigError
 from wsi_tools.export import export_png, import_png
 from wsi_tools.store import PatchStore
-from wsi_tools.synth import synthetic_tissue
+from wsi_tools.testing.synth import synthetic_tissue
 
 P = 48
 

@@ -19,7 +19,7 @@ from wsi_tools.extract import TISSUE_MPP, ExtractionConfig, extract_slide
 from wsi_tools.geometry import TilingConfig, grid_origins
 from wsi_tools.slide import open_slide
 from wsi_tools.store import PatchStore, SlideWriter
-from wsi_tools.synth import synthetic_tissue, write_aperio_svs
+from wsi_tools.testing.synth import synthetic_tissue, write_aperio_svs
 from wsi_tools.tissue import detect_tissue
 
 P = 128  # small patches keep the tests fast; the rules do not depend on the size

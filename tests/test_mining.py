@@ -10,7 +10,7 @@ import zarr
 
 from wsi_tools.errors import ConfigError
 from wsi_tools.mining.knn import knn_search
-from wsi_tools.train.toy import TOY_TRAIN_KEYS
+from wsi_tools.testing.toy import TOY_TRAIN_KEYS
 
 
 def _brute_force_l2(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +178,8 @@ def add_weak_slide(store_path, slide_id: str, images: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def weak_run(tmp_path_factory: pytest.TempPathFactory):
     """A toy store (5 hard slides, 1 weak slide) and a weak model trained on it for one epoch."""
+    from wsi_tools.testing.toy import write_toy_store
     from wsi_tools.train import TrainConfig, train
-    from wsi_tools.train.toy import write_toy_store
 
     root = tmp_path_factory.mktemp("mining_store")
     store = write_toy_store(

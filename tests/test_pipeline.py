@@ -12,7 +12,7 @@ import torch
 
 from wsi_tools.cli import main
 from wsi_tools.errors import ConfigError, SplitLeakError
-from wsi_tools.train.toy import TOY_TRAIN_KEYS
+from wsi_tools.testing.toy import TOY_TRAIN_KEYS
 
 TINY = {
     "seeds": [0],
@@ -28,7 +28,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     from wsi_tools.pipelines.hnm import load_hnm_config, run_pipeline
-    from wsi_tools.train.toy import write_toy_store
+    from wsi_tools.testing.toy import write_toy_store
 
     root = tmp_path_factory.mktemp("pipeline")
     store = write_toy_store(

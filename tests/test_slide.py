@@ -17,7 +17,7 @@ import tifffile
 
 from wsi_tools.errors import ConfigError, MissingMppError, SlideReadError, UnsupportedSlideError
 from wsi_tools.slide import Slide, file_fingerprint, open_slide
-from wsi_tools.synth import synthetic_tissue, write_aperio_svs
+from wsi_tools.testing.synth import synthetic_tissue, write_aperio_svs
 
 CMU = "CMU-1-Small-Region.svs"
 TCGA = "TCGA-CR-7395-01A-01-TS1-crop.svs"
@@ -245,21 +245,21 @@ def test_thumbnail_shrunk_tile_by_tile_equals_the_whole_level_shrunk(
 ) -> None:
     """Integer factors take the tile-by-tile path (partial edge tiles included);
     its pixels equal reading the level and shrinking it whole."""
-    from wsi_tools import slide as slide_module
+    from wsi_tools.slide import _tiffslide, _tile_decoder
 
     path = request.getfixturevalue(fixture)
     calls: list[int] = []
-    original = slide_module._TileDecoder.shrink_level
+    original = _tile_decoder.TileDecoder.shrink_level
 
     def counted(self, level: int, factor: int):  # type: ignore[no-untyped-def]
         calls.append(factor)
         return original(self, level, factor)
 
-    monkeypatch.setattr(slide_module._TileDecoder, "shrink_level", counted)
+    monkeypatch.setattr(_tile_decoder.TileDecoder, "shrink_level", counted)
     with open_slide(path, backend="tiffslide") as slide:
         tiled, downsample = slide.thumbnail(target)
     assert calls and calls[0] > 1  # the tile path ran
-    monkeypatch.setattr(slide_module._TiffSlideReader, "shrink_level", lambda self, level, factor: None)
+    monkeypatch.setattr(_tiffslide.TiffSlideBackend, "shrink_level", lambda self, level, factor: None)
     with open_slide(path, backend="tiffslide") as slide:
         whole, whole_downsample = slide.thumbnail(target)
     assert downsample == whole_downsample and np.array_equal(tiled, whole)
@@ -427,3 +427,43 @@ def test_read_level_windows_equal_single_reads(real_data: Path, backend: str, na
                     np.testing.assert_array_equal(window, single)
                 else:  # one covering read is cut: its sub-pixel resampling differs slightly
                     assert mad(window, single) < 1.0
+
+
+def test_every_backend_meets_the_protocol(real_data: Path) -> None:
+    from wsi_tools.slide import BACKENDS, SlideBackend, open_backend
+
+    for name in BACKENDS:
+        backend = open_backend(real_data / CMU, name)
+        try:
+            assert isinstance(backend, SlideBackend) and backend.name == name
+            assert backend.read(0, 0, 0, 4, 3).shape == (3, 4, 3)
+        finally:
+            backend.close()
+
+
+def test_a_fast_decoder_failure_warns_once_and_is_recorded(
+    real_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the fast tile decoder cannot serve a slide, tiffslide reads it (same pixels):
+    the user is told once, and the slide's provenance says so."""
+    from wsi_tools.slide import _tiffslide
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("unusual layout")
+
+    monkeypatch.setattr(_tiffslide, "TileDecoder", broken)
+    with pytest.warns(UserWarning, match="fast tile decoder unavailable .*unusual layout") as caught:
+        slide = open_slide(real_data / CMU, backend="tiffslide")
+    assert sum("fast tile decoder" in str(w.message) for w in caught) == 1
+    with slide, open_slide(real_data / CMU, backend="openslide") as reference:
+        assert slide.describe()["reader_fallback"].startswith("fast tile decoder unavailable")
+        assert np.array_equal(
+            slide.read_level(0, 100, 100, 64, 64), reference.read_level(0, 100, 100, 64, 64)
+        )
+        clone = pickle.loads(pickle.dumps(slide))  # a worker re-opens it without warning again
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            clone.read_level(0, 0, 0, 8, 8)
+        clone.close()

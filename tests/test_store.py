@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from wsi_tools import patch_codec
 from wsi_tools.errors import ConfigError, StoreError
 from wsi_tools.store import PatchStore, SlideWriter, sanitize_slide_id
-from wsi_tools.synth import synthetic_tissue
+from wsi_tools.store import _codec as patch_codec
+from wsi_tools.testing.synth import synthetic_tissue
 
 P = 64
 
@@ -57,7 +57,7 @@ def test_codec_round_trip_and_zarr_chain_agree() -> None:
 def test_fast_zstd_keeps_huffman_literals_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     import imagecodecs
 
-    from wsi_tools import fast_zstd
+    from wsi_tools.store import _zstd as fast_zstd
 
     # Residual-like bytes: small values around 0 (mod 256), little to match.
     residual = (np.round(np.random.default_rng(0).laplace(0, 8, 1 << 18)) % 256).astype(np.uint8)

@@ -11,10 +11,10 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, Point, box
 
 from wsi_tools.annotations import Annotation
-from wsi_tools.qc import GROUP_PALETTE, PATCH_COLOURS, group_colours, render_overview
 from wsi_tools.slide import open_slide
-from wsi_tools.synth import BACKGROUND, write_aperio_svs
+from wsi_tools.testing.synth import BACKGROUND, write_aperio_svs
 from wsi_tools.tissue import MIN_SATURATION, TissueMask, detect_tissue, mask_to_polygon, tissue_mask_from_rgb
+from wsi_tools.viz.qc import GROUP_PALETTE, PATCH_COLOURS, group_colours, render_overview
 
 MPP = 0.5  # µm/px of the designed slide: 1 µm² = 4 px²
 

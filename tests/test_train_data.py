@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from wsi_tools.errors import ConfigError, StoreError
+from wsi_tools.testing.toy import write_toy_store
 from wsi_tools.train.config import load_config
 from wsi_tools.train.data import (
     EpochSampler,
@@ -24,7 +25,6 @@ from wsi_tools.train.data import (
     subsample,
     table_from_refs,
 )
-from wsi_tools.train.toy import write_toy_store
 from wsi_tools.train.trainer import build_splits
 
 SLIDES = [("h0", "hard", 6, 3), ("h1", "hard", 5, 0), ("h2", "hard", 4, 2), ("w0", "weak", 7, 0)]

@@ -14,13 +14,13 @@ import torch
 
 from wsi_tools.cli import main
 from wsi_tools.errors import ConfigError
+from wsi_tools.testing.toy import write_toy_store
 from wsi_tools.train import trainer
 from wsi_tools.train.checkpoint import read_checkpoint
 from wsi_tools.train.config import load_config
 from wsi_tools.train.data import PatchRef, open_store
 from wsi_tools.train.evaluation import evaluate
 from wsi_tools.train.inference import embed_patches, load_model, predict
-from wsi_tools.train.toy import write_toy_store
 from wsi_tools.train.trainer import train
 
 # Six slides with positives, four without: 4/1/1 and 2/1/1 slides per split.

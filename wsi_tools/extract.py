@@ -59,7 +59,7 @@ import numpy as np
 import shapely
 from shapely.geometry import box
 
-from wsi_tools import __version__, patch_codec
+from wsi_tools import __version__
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins
 from wsi_tools.options import (
@@ -74,6 +74,7 @@ from wsi_tools.options import (
 )
 from wsi_tools.provenance import now_iso
 from wsi_tools.store import PatchStore, sanitize_slide_id
+from wsi_tools.store import _codec as patch_codec
 
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
@@ -516,7 +517,7 @@ def _provenance(
     warnings = list(annotations.warnings) if annotations is not None else []
     if labeled is not None:
         warnings += labeled.warnings
-    return {
+    provenance = {
         "set": config.set,
         "source": str(slide.path.resolve()),
         "annotations": str(annotation_path.resolve()) if annotation_path else None,
@@ -547,6 +548,9 @@ def _provenance(
         "tool_version": __version__,
         "warnings": warnings,
     }
+    if slide.reader_fallback:  # only then, so that stores read the fast way keep their bytes
+        provenance["reader_fallback"] = slide.reader_fallback
+    return provenance
 
 
 def _render_qc(
@@ -558,7 +562,7 @@ def _render_qc(
     windows: Windows,
     extent: float,
 ) -> Path:
-    from wsi_tools.qc import render_overview
+    from wsi_tools.viz.qc import render_overview
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     kinds = ["weak" if set_name == "weak" else ("pos" if label > 0 else "neg") for label in windows.labels]

@@ -153,8 +153,8 @@ def format_info(summary: dict[str, Any]) -> str:
 
 
 def run_tissue(args: argparse.Namespace) -> int:
-    from wsi_tools.qc import render_overview
     from wsi_tools.tissue import DEFAULT_MIN_HOLE_UM2, DEFAULT_MIN_REGION_UM2, detect_tissue
+    from wsi_tools.viz.qc import render_overview
 
     if not args.mpp > 0:
         raise ConfigError(f"--mpp must be a positive µm/px, got {args.mpp}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsi_tools.synth import synthetic_tissue
+from wsi_tools.testing.synth import synthetic_tissue
 
 # Training keys for a run of seconds on a toy store (tests and examples).
 TOY_TRAIN_KEYS: dict[str, object] = {

@@ -33,7 +33,7 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from wsi_tools.annotations import Annotation, write_asap_xml
-from wsi_tools.synth import BACKGROUND, write_aperio_svs
+from wsi_tools.testing.synth import BACKGROUND, write_aperio_svs
 
 POSITIVE_GROUP = "LI_positive"
 NEGATIVE_GROUP = "LI_negative"

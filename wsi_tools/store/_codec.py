@@ -9,7 +9,7 @@ order (see ``docs/store.md`` for the measurements behind it):
 3. ``numcodecs.delta`` again: horizontal differences of those residuals;
 4. ``bytes``, ``zstd``, ``crc32c`` (4 bytes, little endian). The zstd frames
    are written at a fast level that still Huffman-codes literals
-   (:mod:`wsi_tools.fast_zstd`); any zstd decoder reads them.
+   (:mod:`wsi_tools.store._zstd`); any zstd decoder reads them.
 
 zarr-python reads this chain, but its writer cannot apply a delta before a
 transpose (numcodecs array codecs hand back flat arrays), and its per-chunk
@@ -32,7 +32,7 @@ import google_crc32c
 import imagecodecs
 import numpy as np
 
-from wsi_tools import fast_zstd
+from wsi_tools.store import _zstd
 
 EMPTY = np.uint64(2**64 - 1)
 INDEX_ENTRY_BYTES = 16
@@ -51,12 +51,12 @@ def image_encoder(compression: str = "fast") -> dict[str, object]:
     return {
         "chain": "delta, transpose, delta, zstd, crc32c",
         "compression": compression,
-        **fast_zstd.describe(compression == "fast"),
+        **_zstd.describe(compression == "fast"),
     }
 
 
 def _zstd_level(compression: str = "fast") -> int:
-    level = fast_zstd.describe(compression == "fast")["zstd_level"]
+    level = _zstd.describe(compression == "fast")["zstd_level"]
     assert isinstance(level, int)
     return level
 
@@ -147,7 +147,7 @@ def encode_patch(patch: np.ndarray, compression: str = "fast") -> bytes:
     np.subtract(red.reshape(-1)[1:], blue.reshape(-1)[:-1], out=first_plane[1:])
     first_plane[0] = red[0, 0]
     imagecodecs.delta_encode(planar.reshape(-1), out=second)
-    buffer, n = fast_zstd.compress_to_buffer(second, fast=compression == "fast", spare=CHECKSUM_BYTES)
+    buffer, n = _zstd.compress_to_buffer(second, fast=compression == "fast", spare=CHECKSUM_BYTES)
     buffer[n : n + CHECKSUM_BYTES] = np.frombuffer(_checksum(buffer[:n]), np.uint8)
     return buffer[: n + CHECKSUM_BYTES].tobytes()
 

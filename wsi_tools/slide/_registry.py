@@ -1,0 +1,54 @@
+"""Which backend opens which file: tiffslide first for TIFF-based slides, OpenSlide for the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from wsi_tools.errors import ConfigError, UnsupportedSlideError
+from wsi_tools.slide._openslide import OpenSlideBackend
+from wsi_tools.slide._protocol import SlideBackend
+from wsi_tools.slide._tiffslide import TiffSlideBackend
+
+BACKENDS: tuple[str, ...] = ("openslide", "tiffslide")
+TIFF_SUFFIXES = frozenset({".svs", ".tif", ".tiff"})
+
+_FACTORIES: dict[str, Callable[[Path], SlideBackend]] = {
+    "openslide": OpenSlideBackend,
+    "tiffslide": TiffSlideBackend,
+}
+
+
+def backend_order(path: Path, backend: str) -> tuple[str, ...]:
+    if backend == "auto":
+        # tiffslide is faster for TIFF-based formats; OpenSlide knows the others.
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return ("tiffslide", "openslide")
+        return ("openslide", "tiffslide")
+    if backend not in _FACTORIES:
+        raise ConfigError(f"unknown slide backend {backend!r} for {path}: use auto, openslide or tiffslide")
+    return (backend,)
+
+
+def open_backend(path: Path, backend: str) -> SlideBackend:
+    if not path.is_file():
+        raise UnsupportedSlideError(f"{path}: no such slide file; check the path")
+    failures: list[str] = []
+    for name in backend_order(path, backend):
+        try:
+            reader = _FACTORIES[name](path)
+        except Exception as error:  # each backend has its own exception zoo
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+            continue
+        if not reader.level_dimensions or min(reader.level_dimensions[0]) <= 0:
+            reader.close()
+            failures.append(f"{name}: no image levels")
+            continue
+        return reader
+    raise UnsupportedSlideError(
+        f"{path}: cannot be opened as a slide ({'; '.join(failures)}); "
+        "give an Aperio SVS or another format OpenSlide reads"
+    )
+
+
+# --------------------------------------------------------------------------- metadata

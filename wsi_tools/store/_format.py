@@ -1,0 +1,141 @@
+"""The store's on-disk format: names, the slide id rule, zarr.json documents and the small arrays' chunks, written exactly as zarr-python writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_tools.errors import ConfigError, StoreError
+from wsi_tools.store import _codec
+
+SCHEMA = "wsi-tools/patch-store"
+FORMAT_VERSION = 1
+SLIDES_GROUP = "slides"
+TEMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
+DEFAULT_PATCHES_PER_SHARD = 128
+SMALL_ARRAYS = ("coords", "labels", "tissue_fraction")
+STATUS_COMPLETE = "complete"
+STATUS_WRITING = "writing"
+MAX_SLIDE_ID_CHARS = 180  # leaves room for the temporary prefix and uuid in a 255-byte name
+
+
+def sanitize_slide_id(text: str) -> str:
+    """A slide id safe as one directory name: no separators, no '..', no leading dot."""
+    cleaned = re.sub(r"[^\w.\-]+", "_", str(text))
+    cleaned = re.sub(r"\.{2,}", ".", cleaned).strip("._ ")
+    cleaned = cleaned[:MAX_SLIDE_ID_CHARS]
+    if not cleaned:
+        raise ConfigError(
+            f"slide id {text!r} is empty once path separators, '..' and leading dots are removed; "
+            "pass a plain name with --slide-id"
+        )
+    return cleaned
+
+
+@contextmanager
+def quiet_numcodecs() -> Iterator[None]:
+    """zarr warns on every open that numcodecs.* codecs are outside the v3 spec."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
+        yield
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A zarr.json document; damage (invalid UTF-8 or JSON, not an object) is a StoreError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StoreError(
+            f"{path}: damaged metadata ({type(error).__name__}: {error}); re-extract that slide "
+            "(wsi-tools extract ... --overwrite) or restore the file from a copy"
+        ) from None
+    if not isinstance(document, dict):
+        raise StoreError(
+            f"{path}: damaged metadata (not a JSON object); re-extract that slide or restore the file"
+        )
+    return document
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
+    temporary.write_text(json.dumps(document, indent=2, default=json_default), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(attrs, default=json_default))
+
+
+SMALL_CHUNK_ROWS = 1 << 16
+SMALL_ARRAY_TYPES = {"coords": ("int64", (2,)), "labels": ("int8", ()), "tissue_fraction": ("float32", ())}
+SMALL_ZSTD_LEVEL = 3
+SMALL_CODECS: list[dict[str, Any]] = [
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "zstd", "configuration": {"level": SMALL_ZSTD_LEVEL, "checksum": False}},
+    {"name": "crc32c"},
+]
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2, default=json_default), encoding="utf-8")
+
+
+def group_meta(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+
+
+def array_meta(
+    shape: tuple[int, ...], dtype: str, chunk_shape: tuple[int, ...], codecs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A zarr v3 array zarr.json with the fields zarr-python writes."""
+    return {
+        "shape": list(shape),
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": codecs,
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def write_small_chunks(array_dir: Path, values: np.ndarray, chunk_rows: int) -> None:
+    """Chunks of ``chunk_rows`` rows (the last one padded with the fill value 0,
+    as the regular chunk grid stores it): little-endian bytes, zstd, crc32c."""
+    import imagecodecs
+
+    trailing = ["0"] * (values.ndim - 1)
+    little = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    for chunk, start in enumerate(range(0, len(values), chunk_rows)):
+        block = np.zeros((chunk_rows, *values.shape[1:]), little.dtype)
+        piece = little[start : start + chunk_rows]
+        block[: len(piece)] = piece
+        path = array_dir.joinpath("c", str(chunk), *trailing)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            _codec.checksummed(bytes(imagecodecs.zstd_encode(block.tobytes(), level=SMALL_ZSTD_LEVEL)))
+        )

@@ -1,0 +1,258 @@
+"""The :class:`PatchStore`: the store root, its slide groups, their lifetime and fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from wsi_tools import __version__
+from wsi_tools.errors import StoreError
+from wsi_tools.provenance import now_iso
+from wsi_tools.store._format import (
+    DEFAULT_PATCHES_PER_SHARD,
+    FORMAT_VERSION,
+    OLD_PREFIX,
+    SCHEMA,
+    SLIDES_GROUP,
+    STATUS_COMPLETE,
+    TEMP_PREFIX,
+    group_meta,
+    quiet_numcodecs,
+    read_json,
+    sanitize_slide_id,
+    write_json_atomic,
+)
+from wsi_tools.store._reader import PatchReader
+from wsi_tools.store._verify import VerifyReport, verify_store
+from wsi_tools.store._writer import SlideWriter
+
+if TYPE_CHECKING:
+    import zarr
+
+
+class PatchStore:
+    """A zarr v3 directory store of patches. ``mode="a"`` creates it if missing."""
+
+    def __init__(self, path: str | Path, mode: Literal["r", "a"] = "r") -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        self.path = Path(path)
+        self.mode = mode
+        root_meta = self.path / "zarr.json"
+        if mode == "a" and not root_meta.exists():
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise StoreError(
+                    f"{self.path} exists and is not a patch store; give a new or empty directory for --out"
+                )
+            self._create()
+        if not root_meta.exists():
+            raise StoreError(
+                f"{self.path} is not a patch store (no zarr.json); create one with "
+                f"wsi-tools extract SLIDE --out {self.path}"
+            )
+        attrs = read_json(root_meta).get("attributes", {})
+        if attrs.get("schema") != SCHEMA:
+            raise StoreError(
+                f"{self.path} is a zarr store but not a {SCHEMA} (schema={attrs.get('schema')!r})"
+            )
+        if int(attrs.get("version", 0)) > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path} has store format version {attrs.get('version')}, newer than this "
+                f"wsi-tools ({FORMAT_VERSION}); upgrade wsi-tools"
+            )
+        if mode == "a":
+            self.slides_dir.mkdir(exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"PatchStore({str(self.path)!r}, mode={self.mode!r})"
+
+    def _create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        attrs = {
+            "schema": SCHEMA,
+            "version": FORMAT_VERSION,
+            "created": now_iso(),
+            "tool": f"wsi-tools {__version__}",
+            "layout": "slides/<slide_id>/{images,coords,labels,tissue_fraction}",
+        }
+        self.slides_dir.mkdir(exist_ok=True)
+        write_json_atomic(self.slides_dir / "zarr.json", group_meta({}))
+        write_json_atomic(self.path / "zarr.json", group_meta(attrs))  # last: marks the store
+
+    @property
+    def slides_dir(self) -> Path:
+        return self.path / SLIDES_GROUP
+
+    def attrs(self) -> dict[str, Any]:
+        return read_json(self.path / "zarr.json").get("attributes", {})
+
+    # ---- reading -------------------------------------------------------------
+
+    def _group_names(self) -> list[str]:
+        if not self.slides_dir.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in os.scandir(self.slides_dir)
+            if entry.is_dir() and (Path(entry.path) / "zarr.json").exists()
+        )
+
+    def _status(self, name: str) -> str | None:
+        try:
+            return read_json(self.slides_dir / name / "zarr.json").get("attributes", {}).get("status")
+        except (OSError, StoreError):
+            return None
+
+    def slide_ids(self, include_incomplete: bool = False) -> list[str]:
+        """Visible slide groups; only complete ones unless ``include_incomplete``."""
+        names = [name for name in self._group_names() if not name.startswith(".")]
+        if include_incomplete:
+            return names
+        return [name for name in names if self._status(name) == STATUS_COMPLETE]
+
+    def leftovers(self, slide_id: str | None = None) -> list[str]:
+        """Temporary groups of interrupted writes (or of writes in progress elsewhere)."""
+        names = (
+            [
+                entry.name
+                for entry in os.scandir(self.slides_dir)
+                if entry.name.startswith((TEMP_PREFIX, OLD_PREFIX))
+            ]
+            if self.slides_dir.is_dir()
+            else []
+        )
+        if slide_id is not None:
+            names = [name for name in names if _leftover_slide_id(name) == slide_id]
+        return sorted(names)
+
+    def remove_leftovers(self, slide_id: str | None = None) -> list[str]:
+        self._require_writable()
+        removed = self.leftovers(slide_id)
+        for name in removed:
+            shutil.rmtree(self.slides_dir / name, ignore_errors=True)
+        return removed
+
+    def is_complete(self, slide_id: str) -> bool:
+        name = sanitize_slide_id(slide_id)
+        return (self.slides_dir / name / "zarr.json").exists() and self._status(name) == STATUS_COMPLETE
+
+    def _require_slide(self, slide_id: str) -> Path:
+        group = self.slides_dir / slide_id
+        if slide_id.startswith(".") or not (group / "zarr.json").exists():
+            available = ", ".join(self.slide_ids()[:10]) or "none"
+            raise StoreError(f"no slide {slide_id!r} in {self.path} (complete slides: {available})")
+        return group
+
+    def slide_attrs(self, slide_id: str) -> dict[str, Any]:
+        return read_json(self._require_slide(slide_id) / "zarr.json").get("attributes", {})
+
+    def _open_array(self, slide_id: str, name: str) -> zarr.Array:
+        import zarr
+
+        self._require_slide(slide_id)
+        with quiet_numcodecs():
+            return zarr.open_array(self.path, path=f"{SLIDES_GROUP}/{slide_id}/{name}", mode="r")
+
+    def images(self, slide_id: str) -> zarr.Array:
+        """The (N, P, P, 3) uint8 image array, through plain zarr (prefer :meth:`reader` for speed)."""
+        return self._open_array(slide_id, "images")
+
+    def coords(self, slide_id: str) -> np.ndarray:
+        return np.asarray(self._open_array(slide_id, "coords")[:])
+
+    def labels(self, slide_id: str) -> np.ndarray:
+        return np.asarray(self._open_array(slide_id, "labels")[:])
+
+    def tissue_fraction(self, slide_id: str) -> np.ndarray:
+        return np.asarray(self._open_array(slide_id, "tissue_fraction")[:])
+
+    def n_patches(self, slide_id: str) -> int:
+        return int(self._image_meta(slide_id)["shape"][0])
+
+    def _image_meta(self, slide_id: str) -> dict[str, Any]:
+        return read_json(self._require_slide(slide_id) / "images" / "zarr.json")
+
+    def reader(self, slide_id: str) -> PatchReader:
+        """A picklable fast reader of this slide's patches."""
+        meta = self._image_meta(slide_id)
+        n_patches, patch_size = int(meta["shape"][0]), int(meta["shape"][1])
+        per_shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        return PatchReader(self.slides_dir / slide_id / "images", n_patches, patch_size, per_shard)
+
+    def read_patches(self, slide_id: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(k, P, P, 3) uint8 patches by index, decoded without zarr's overhead."""
+        return self.reader(slide_id).read_many(indices)
+
+    def fingerprint(self) -> str:
+        """Changes whenever a complete slide is added, replaced or removed."""
+        digest = hashlib.sha256(f"{SCHEMA}/{FORMAT_VERSION}".encode())
+        for slide_id in self.slide_ids():
+            attrs = self.slide_attrs(slide_id)
+            digest.update(f"|{slide_id}:{attrs.get('write_id')}:{attrs.get('n_patches')}".encode())
+        return digest.hexdigest()[:16]
+
+    # ---- writing -------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if self.mode != "a":
+            raise StoreError(f"{self.path} was opened read-only; open it with mode='a' to write")
+
+    def begin_slide(
+        self,
+        slide_id: str,
+        n_patches: int,
+        patch_size: int,
+        attrs: dict[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+        patches_per_shard: int = DEFAULT_PATCHES_PER_SHARD,
+        threads: int = 1,
+        compression: str = "fast",
+    ) -> SlideWriter:
+        """Start writing a slide under a temporary name (see :class:`SlideWriter`)."""
+        self._require_writable()
+        slide_id = sanitize_slide_id(slide_id)
+        if n_patches < 0 or patch_size < 1:
+            raise ValueError(f"need n_patches >= 0 and patch_size >= 1, got {n_patches}, {patch_size}")
+        if self.is_complete(slide_id) and not overwrite:
+            raise StoreError(
+                f"slide {slide_id!r} is already complete in {self.path}; pass --overwrite to replace it"
+            )
+        self.remove_leftovers(slide_id)
+        return SlideWriter(
+            self,
+            slide_id,
+            n_patches,
+            patch_size,
+            dict(attrs or {}),
+            patches_per_shard=patches_per_shard,
+            threads=threads,
+            compression=compression,
+        )
+
+    def delete_slide(self, slide_id: str) -> None:
+        self._require_writable()
+        group = self._require_slide(sanitize_slide_id(slide_id))
+        aside = self.slides_dir / f"{OLD_PREFIX}{group.name}-{uuid.uuid4().hex[:12]}"
+        os.rename(group, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    # ---- checking ------------------------------------------------------------
+
+    def verify(self, decode: bool = True, progress: bool = False) -> VerifyReport:
+        """Check every slide group: status, shapes, every chunk's checksum (and
+        zstd frame when ``decode``), the small arrays; list leftovers."""
+        return verify_store(self, decode, progress)
+
+
+def _leftover_slide_id(name: str) -> str:
+    """'.tmp-<id>-<12 hex>' or '.old-<id>-<12 hex>' -> '<id>'."""
+    body = name.removeprefix(TEMP_PREFIX).removeprefix(OLD_PREFIX)
+    return body.rsplit("-", 1)[0]
