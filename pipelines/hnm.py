@@ -43,6 +43,7 @@ from wsi_tools.pipelines.report import (
     summarize_runs,
     table2_markdown,
 )
+from wsi_tools.provenance import code_version, compute_environment, now_iso
 from wsi_tools.train.config import TrainConfig
 
 DEFAULT_CONFIG = packaged_config("hnm.yaml")
@@ -385,6 +386,9 @@ def write_report(records: Sequence[Mapping[str, Any]], config: HnmConfig, out: P
         "summary": summary,
         "runs": list(records),
         "seconds": round(seconds, 1),
+        "code_version": code_version(),
+        "finished": now_iso(),
+        "environment": compute_environment(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     markdown = [
@@ -421,10 +425,14 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     started = time.perf_counter()
+    from wsi_tools.train.runtime import cpu_threads
+
     records = []
-    for seed in config.seeds:
-        for record in run_seed(config, store, out / f"seed_{seed}", seed):
-            records.append(record)
-            if on_seed:
-                on_seed(record)
-    return write_report(records, config, out, time.perf_counter() - started)
+    # One thread count for training, embedding and the kNN: CPU results depend on it.
+    with cpu_threads(config.train.cpu_threads):
+        for seed in config.seeds:
+            for record in run_seed(config, store, out / f"seed_{seed}", seed):
+                records.append(record)
+                if on_seed:
+                    on_seed(record)
+        return write_report(records, config, out, time.perf_counter() - started)

@@ -333,3 +333,21 @@ def test_a_training_method_plugs_in_its_sampler_and_step(small_store: Path, tmp_
     assert seen_labels and set(seen_labels) <= {0, 1}
     assert sum(steps) == len(seen_labels) // 2  # the loop drew only what the sampler gave
     assert result.history[0]["epoch"] == 1
+
+
+def test_cpu_threads_make_a_run_repeat_whatever_the_ambient_thread_count(
+    small_store: Path, tmp_path: Path
+) -> None:
+    """A convolution's sums depend on torch's thread count: with ``cpu_threads`` fixed, a run
+    started under 1 or 2 ambient threads gives the same weights bit for bit (the demo's
+    reproducibility across machines), and the ambient setting comes back afterwards."""
+    config = load_config(None, [*QUICK, "epochs=1", "augment=false", "cpu_threads=2"])
+    weights = []
+    for ambient in (1, 2):
+        torch.set_num_threads(ambient)
+        result = train(config, small_store, tmp_path / f"ambient{ambient}")
+        assert torch.get_num_threads() == ambient
+        assert result.metrics["training"]["environment"]["torch_threads"] == 2
+        weights.append(read_checkpoint(result.last_checkpoint)["model"])
+    torch.set_num_threads(1)
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

@@ -31,3 +31,21 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+{commit}" if commit else __version__
+
+
+def compute_environment() -> dict[str, object]:
+    """What a CPU run's floating-point results depend on beyond the code and the seed:
+    the versions, torch's thread count and the CPU kernels it dispatched to."""
+    import platform
+
+    import numpy
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }

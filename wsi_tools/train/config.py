@@ -128,6 +128,13 @@ class TrainConfig:
         "where augment/normalise run: device (per batch, on the GPU when there is one; on CUDA the loader workers only read and decompress, on the CPU they also resize the uint8 patch) | loader (everything in the workers, per patch) | auto (device on CUDA, loader on CPU)",
         check=one_of("auto", "device", "loader"),
     )
+    cpu_threads: int = option(
+        0,
+        "torch CPU threads (0: torch's default, one per core). A convolution's sums run in an order "
+        "that depends on it, so fix it (the demo uses 2) to repeat a CPU run bit for bit on another machine",
+        check=between(0, 1024),
+        output=False,
+    )
     num_workers: int = option(
         2, "DataLoader worker processes that read and decompress patches", check=at_least(0), output=False
     )

@@ -91,8 +91,21 @@ def start_runtime(config: TrainConfig) -> Runtime:
 
 
 @contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``count`` (0: left as they are) for the block."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def reproducibility(config: TrainConfig, runtime: Runtime) -> Iterator[None]:
-    """Deterministic algorithms for this run only (global torch flags are restored)."""
+    """Deterministic algorithms and the CPU thread count for this run only (global torch
+    settings are restored)."""
     previous = (
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.benchmark,
@@ -106,7 +119,8 @@ def reproducibility(config: TrainConfig, runtime: Runtime) -> Iterator[None]:
     elif runtime.cuda:
         torch.backends.cudnn.benchmark = True
     try:
-        yield
+        with cpu_threads(config.cpu_threads):
+            yield
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1], previous[2]

@@ -73,6 +73,7 @@ from torch import nn
 from wsi_tools import __version__
 from wsi_tools.config_file import required_path
 from wsi_tools.errors import ConfigError, StoreError
+from wsi_tools.provenance import compute_environment
 from wsi_tools.train.augment import BatchTransform, sample_transform
 from wsi_tools.train.checkpoint import (
     Checkpoint,
@@ -421,6 +422,7 @@ class _Run:
             "train_patches": len(train_table),
             "train_positives": int(train_table.labels.sum()),
             "extra_train_negatives": n_extra,
+            "environment": compute_environment(),
         }
         (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
