@@ -176,8 +176,14 @@ def run_demo(config: DemoConfig, out: str | Path = "demo_out", *, workers: int |
     )
     (out / "demo.json").write_text(
         json.dumps(
-            {"seconds": seconds, "extraction": extraction, "report": str(out / "hnm" / "report.json")},
+            {
+                "seconds": seconds,
+                "extraction": extraction,
+                "report": str(out / "hnm" / "report.json"),
+                "hnm": report,
+            },
             indent=2,
+            default=str,
         )
     )
     return DemoResult(out=out, store=store, report=report, seconds=seconds, summary=summary)
