@@ -114,3 +114,25 @@ def test_batch_prints_its_extraction_settings(tmp_path: Path, capsys: pytest.Cap
     printed = yaml.safe_load(capsys.readouterr().out)
     assert (printed["patch_size"], printed["fraction"], printed["min_tissue"]) == (256, 0.5, 0.25)
     assert printed["threads"] == 1 and not (tmp_path / "s.zarr").exists()
+
+
+def test_extract_and_batch_flags_come_from_the_extraction_config() -> None:
+    import dataclasses
+
+    from wsi_tools.cli import build_parser
+    from wsi_tools.cli._common import extraction_flags_given
+    from wsi_tools.extract import ExtractionConfig
+
+    parser = build_parser()
+    for command in (["extract", "s.svs", "--out", "o", "--set", "weak"], ["batch", "m.csv", "--out", "o"]):
+        args = parser.parse_args(command)
+        assert extraction_flags_given(args, args.extraction_flags) == {}  # nothing given, nothing overridden
+        args = parser.parse_args([*command, "--fraction", "1/4", "--magnification", "10", "--no-cover"])
+        given = extraction_flags_given(args, args.extraction_flags)
+        assert given == {"fraction": 0.25, "target_mpp": 1.0, "cover": False}
+    flagged = set(parser.parse_args(["extract", "s.svs", "--out", "o", "--set", "weak"]).extraction_flags)
+    assert flagged == {spec.name for spec in dataclasses.fields(ExtractionConfig)} - {"set"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["batch", "m.csv", "--out", "o", "--slide-mpp", "0.5"])  # per slide: the manifest's
+    with pytest.raises(SystemExit):
+        parser.parse_args(["batch", "m.csv", "--out", "o", "--backend", "pillow"])  # choices from the check

@@ -73,8 +73,7 @@ from wsi_tools.options import (
     validate,
 )
 from wsi_tools.provenance import now_iso
-from wsi_tools.store import PatchStore, sanitize_slide_id
-from wsi_tools.store import _codec as patch_codec
+from wsi_tools.store import COMPRESSIONS, PatchStore, encode_patch, sanitize_slide_id
 
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
@@ -103,19 +102,29 @@ class ExtractionConfig:
     set: str = option(
         help="hard (annotation crops) | weak (a seeded share of the tissue grid)", check=one_of(*SETS)
     )
-    target_mpp: float = option(2.0, "µm/px of the patches (×5 = 2.0)", check=positive)
-    patch_size: int = option(512, "patch side in px at target_mpp", check=at_least(8))
+    target_mpp: float = option(2.0, "target µm/px of the patches (2.0 = ×5)", check=positive)
+    patch_size: int = option(512, "patch side in px at the target resolution", check=at_least(8))
     fraction: float = option(
-        1 / 3, "weak set: seeded share of the tissue windows kept", check=proper_fraction
+        1 / 3, "weak set: seeded share of the tissue windows kept, e.g. 0.25 or 1/3", check=proper_fraction
     )
     seed: int = option(0, "weak set: seed of the fraction (with the slide id)", check=between(0, 2**32 - 1))
     min_tissue: float = option(0.5, "weak set: least tissue share of a window", check=unit_interval)
     cover: bool = option(False, "hard set: tile a region larger than one window instead of one centred crop")
-    label_map: str | None = option(None, "label map YAML, or a shipped name (default lymphatic_invasion)")
-    ignore_unknown_groups: bool = option(False, "skip annotation groups the label map does not name")
-    backend: str = option("auto", "slide reader: auto | openslide | tiffslide", check=one_of(*BACKENDS))
+    label_map: str | None = option(
+        None,
+        "label map YAML mapping annotation groups to labels, or a name in configs/labels; "
+        "none: lymphatic_invasion (LI_positive/LI+/positive -> 1, LI_negative/LI-/negative -> 0)",
+    )
+    ignore_unknown_groups: bool = option(
+        False, "skip annotation groups the label map does not name, instead of failing the slide"
+    )
+    backend: str = option(
+        "auto",
+        "slide reader: auto tries tiffslide for .svs/.tif/.tiff, then OpenSlide",
+        check=one_of(*BACKENDS),
+    )
     slide_mpp: float | None = option(
-        None, "µm/px of level 0 when the slide does not record it", check=positive
+        None, "level-0 µm/px for a slide without MPP, or to override it", check=positive
     )
     tolerance: float = option(
         0.05, "relative mpp difference within which a pyramid level is read as is", check=_below_one
@@ -125,8 +134,9 @@ class ExtractionConfig:
     )
     compression: str = option(
         "fast",
-        "zstd of the patches: fast, or compact (level 1: smaller, slower)",
-        check=one_of(*patch_codec.COMPRESSIONS),
+        "patch zstd: fast (negative level, Huffman literals) or compact (level 1: 1-7% smaller, "
+        "encoding ~40% slower)",
+        check=one_of(*COMPRESSIONS),
     )
 
     def __post_init__(self) -> None:
@@ -471,7 +481,7 @@ def _read_and_encode(
     size = config.patch_size
     patches = _scratch.get("patches", (len(origins), size, size, 3))  # encoded before the next span
     read_windows(slide, origins, size, plan, out=patches)
-    return [patch_codec.encode_patch(patch, config.compression) for patch in patches]
+    return [encode_patch(patch, config.compression) for patch in patches]
 
 
 def _read_ahead(

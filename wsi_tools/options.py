@@ -23,6 +23,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,8 +76,14 @@ def unit_interval(value: float) -> str | None:
     return None if 0 <= value <= 1 else "must be in [0, 1]"
 
 
-def one_of(*choices: str) -> Check:
-    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+class one_of:  # noqa: N801 - reads as the other checks do: check=one_of("a", "b")
+    """A check that the value is one of ``choices``; CLI flags offer the same choices."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, value: Any) -> str | None:
+        return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
 
 
 def device_name(value: str) -> str | None:
@@ -310,10 +317,35 @@ def describe(cls: type, skip: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str]) -> None:
-    """``--name`` flags for the given fields, their help and default from the field.
-    The flag's value is None unless given, so a config file's value is not overridden
-    by a flag's default."""
+def number_flag(text: str) -> float:
+    """A float flag's value: a number or a fraction such as ``1/3``."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r} (e.g. 0.25 or 1/3)") from None
+
+
+def _shown_number(value: float) -> str:
+    """``0.05`` and ``1e-05`` as they are, ``1/3`` rather than ``0.3333333333333333``."""
+    short = f"{value:.6g}"
+    if float(short) == value:
+        return short if any(mark in short for mark in ".en") else f"{short}.0"
+    fraction = Fraction(value).limit_denominator(100)
+    return str(fraction) if float(fraction) == value else repr(value)
+
+
+def add_flags(
+    parser: argparse._ActionsContainer,
+    cls: type,
+    names: Sequence[str],
+    *,
+    flags: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """``--name`` flags for the given fields, their help, type, choices and default from
+    the field (``flags`` renames a flag, ``defaults`` shows another default where the
+    command starts from one). The flag's value is None unless given, so a config file's
+    value is not overridden by a flag's default."""
     specs = {spec.name: spec for spec in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for name in names:
@@ -321,15 +353,28 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str]) 
         hint = hints[name]
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
             (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        flag = "--" + name.replace("_", "-")
-        text = f"{spec.metadata.get('help', '')} (default {_shown(default_of(spec))})"
+        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+        default = (defaults or {}).get(name, default_of(spec))
+        shown = (
+            _shown_number(default)
+            if isinstance(default, float)
+            else "none"
+            if default is None
+            else _shown(default)
+        )
+        text = f"{spec.metadata.get('help', '')} (default {shown})".replace("%", "%%")
         if hint is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
             )
-        else:
-            kind = hint if hint in (int, float) else str
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
+            continue
+        check = spec.metadata.get("check")
+        choices = check.choices if isinstance(check, one_of) else None
+        kind: Callable[[str], Any] = int if hint is int else number_flag if hint is float else str
+        metavar = None if choices else flag.lstrip("-").upper().replace("-", "_")
+        parser.add_argument(
+            flag, dest=name, type=kind, choices=choices, metavar=metavar, default=None, help=text
+        )
 
 
 def given_flags(args: argparse.Namespace, cls: type, names: Sequence[str] | None = None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from wsi_tools.cli._common import add_command
+
 DESCRIPTION = """\
 Read an ASAP XML annotation file and print the count and total area (level-0
 px², overlapping annotations counted twice) per group and per label, then the
@@ -22,11 +24,8 @@ naming the file) when it is malformed, hostile or missing.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "annotations",
-        help="summarise an ASAP XML annotation file per group and label",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "annotations", "summarise an ASAP XML annotation file per group and label", DESCRIPTION
     )
     parser.add_argument("xml", metavar="XML", help="ASAP XML annotation file")
     parser.add_argument(

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-from wsi_tools.cli._common import add_print_config, print_config
+from wsi_tools.batch.settings import BATCH_DEFAULTS, PER_SLIDE_KEYS
+from wsi_tools.cli._common import (
+    add_command,
+    add_extraction_flags,
+    add_print_config,
+    extraction_flags_given,
+    print_config,
+)
 
 MANIFEST_DESCRIPTION = """\
 Write a batch manifest (CSV) for a folder of slides. A slide (*.svs, *.tif,
@@ -38,77 +44,9 @@ failed, 2 bad arguments, manifest or config.
 """
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(Fraction(text))
-    except (ValueError, ZeroDivisionError) as error:
-        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r} (e.g. 0.25 or 1/3)") from error
-    return value
-
-
-def _add_extraction_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "extraction settings",
-        "Each flag overrides --config; an unset flag keeps the config's value, or the built-in "
-        "default shown (configs/extract.yaml holds the same values).",
-    )
-    resolution = group.add_mutually_exclusive_group()
-    resolution.add_argument(
-        "--mpp", dest="target_mpp", type=float, help="target µm/px of the patches (default 2.0 = ×5)"
-    )
-    resolution.add_argument(
-        "--magnification", type=float, help="target magnification instead of --mpp, e.g. 5"
-    )
-    group.add_argument(
-        "--patch-size", type=int, help="patch side in px at the target resolution (default 512)"
-    )
-    group.add_argument(
-        "--fraction", type=_fraction, help="weak set: share of the tissue windows kept, seeded (default 1/3)"
-    )
-    group.add_argument("--seed", type=int, help="weak set: seed of the random selection (default 0)")
-    group.add_argument(
-        "--min-tissue", type=float, help="weak set: minimum tissue fraction of a window (default 0.5)"
-    )
-    group.add_argument(
-        "--cover",
-        action=argparse.BooleanOptionalAction,
-        help="hard set: tile regions larger than a patch instead of one centred patch (default off)",
-    )
-    group.add_argument(
-        "--label-map",
-        help="YAML mapping annotation groups to labels (default configs/labels/lymphatic_invasion.yaml)",
-    )
-    group.add_argument(
-        "--ignore-unknown-groups",
-        action=argparse.BooleanOptionalAction,
-        help="skip annotation groups the label map does not know instead of failing the slide (default off)",
-    )
-    group.add_argument(
-        "--backend", choices=("auto", "openslide", "tiffslide"), help="slide reader (default auto)"
-    )
-    group.add_argument(
-        "--threads",
-        type=int,
-        help="threads per slide, each reading and encoding patches (default 1: workers already use every core)",
-    )
-    group.add_argument(
-        "--compression",
-        choices=("fast", "compact"),
-        help="patch zstd: fast, or compact (level 1: 1-7%% smaller, encoding ~40%% slower) (default fast)",
-    )
-    group.add_argument(
-        "--tolerance",
-        type=float,
-        help="relative mpp difference under which a pyramid level is read as is (default 0.05)",
-    )
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    manifest = subparsers.add_parser(
-        "manifest",
-        help="write a batch manifest CSV for a folder of slides",
-        description=MANIFEST_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    manifest = add_command(
+        subparsers, "manifest", "write a batch manifest CSV for a folder of slides", MANIFEST_DESCRIPTION
     )
     manifest.add_argument(
         "dir", type=Path, help="folder of slides; a slide with SAME_STEM.xml beside it is hard"
@@ -119,11 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     manifest.add_argument("--weak-dir", type=Path, help="folder of weak-set slides (no annotations needed)")
     manifest.set_defaults(func=_manifest)
 
-    batch = subparsers.add_parser(
-        "batch",
-        help="extract every slide of a manifest into a patch store on Dask",
-        description=BATCH_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    batch = add_command(
+        subparsers, "batch", "extract every slide of a manifest into a patch store on Dask", BATCH_DESCRIPTION
     )
     batch.add_argument("manifest", type=Path, help="manifest CSV (see `wsi-tools manifest --help`)")
     batch.add_argument(
@@ -164,9 +99,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument(
         "--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)"
     )
-    _add_extraction_flags(batch)
+    settings = batch.add_argument_group(
+        "extraction settings",
+        "Each flag overrides --config; an unset flag keeps the config's value, or the built-in "
+        "default shown (configs/extract.yaml holds the same values).",
+    )
+    flagged = add_extraction_flags(settings, skip=PER_SLIDE_KEYS, defaults=BATCH_DEFAULTS)
     add_print_config(batch)
-    batch.set_defaults(func=_batch)
+    batch.set_defaults(func=_batch, extraction_flags=flagged)
 
 
 def _manifest(args: argparse.Namespace) -> int:
@@ -190,24 +130,7 @@ def _batch(args: argparse.Namespace) -> int:
     from wsi_tools.batch.report import summary_table
     from wsi_tools.batch.settings import load_settings
 
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "target_mpp",
-            "magnification",
-            "patch_size",
-            "fraction",
-            "seed",
-            "min_tissue",
-            "cover",
-            "label_map",
-            "ignore_unknown_groups",
-            "backend",
-            "tolerance",
-            "threads",
-            "compression",
-        )
-    }
+    overrides = extraction_flags_given(args, args.extraction_flags)
     settings = load_settings(args.config, overrides)
     if args.print_config:
         return print_config(settings)

@@ -6,11 +6,9 @@ import argparse
 import json
 import sys
 import warnings
-from fractions import Fraction
 
-from wsi_tools.errors import ConfigError
+from wsi_tools.cli._common import add_command, add_extraction_flags, extraction_flags_given
 
-BACKEND_CHOICES = ("auto", "openslide", "tiffslide")
 EXIT_PROBLEMS = 1
 
 EXTRACT_DESCRIPTION = """\
@@ -61,19 +59,12 @@ training reads from the store. Accepts .png, .jpg and RGBA or grey images
 """
 
 
-def _fraction(text: str) -> float:
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    extract = subparsers.add_parser(
+    extract = add_command(
+        subparsers,
         "extract",
-        help="extract a slide's hard (annotated) or weak (grid) patch set into a zarr store",
-        description=EXTRACT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "extract a slide's hard (annotated) or weak (grid) patch set into a zarr store",
+        EXTRACT_DESCRIPTION,
     )
     extract.add_argument(
         "slide", metavar="SLIDE", help="whole-slide image (Aperio .svs or any OpenSlide format)"
@@ -86,90 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--annotations", metavar="XML", help="ASAP XML; required for --set hard (default: none)"
     )
     extract.add_argument(
-        "--label-map",
-        metavar="FILE",
-        help="YAML mapping annotation groups to labels, or a name in configs/labels "
-        "(default: lymphatic_invasion: LI_positive/LI+/positive -> 1, LI_negative/LI-/negative -> 0)",
-    )
-    extract.add_argument(
-        "--ignore-unknown-groups",
-        action="store_true",
-        help="skip annotations in groups the label map does not name, instead of failing (default: fail)",
-    )
-    resolution = extract.add_mutually_exclusive_group()
-    resolution.add_argument(
-        "--mpp", type=float, default=None, metavar="UM", help="target resolution in µm/px (default: 2.0)"
-    )
-    resolution.add_argument(
-        "--magnification",
-        type=float,
-        default=None,
-        metavar="M",
-        help="target as a magnification, 10/M µm/px (×5 = 2.0); alternative to --mpp",
-    )
-    extract.add_argument(
-        "--patch-size", type=int, default=512, metavar="P", help="patch side in px (default: 512)"
-    )
-    extract.add_argument(
-        "--fraction",
-        type=_fraction,
-        default=Fraction(1, 3),
-        metavar="F",
-        help="weak set: share of the tissue windows kept, e.g. 0.25 or 1/3 (default: 1/3)",
-    )
-    extract.add_argument("--seed", type=int, default=0, help="weak set: random seed (default: 0)")
-    extract.add_argument(
-        "--min-tissue",
-        type=float,
-        default=0.5,
-        metavar="T",
-        help="weak set: least tissue fraction of a window (default: 0.5)",
-    )
-    extract.add_argument(
-        "--cover",
-        action="store_true",
-        help="hard set: tile regions larger than one patch (default: one patch)",
-    )
-    extract.add_argument(
         "--slide-id",
         metavar="ID",
         help="group name in the store; path separators and leading dots are replaced "
         "(default: the slide's file name without suffix)",
     )
-    extract.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="reader: auto tries tiffslide for .svs/.tif/.tiff, then OpenSlide (default: auto)",
-    )
-    extract.add_argument(
-        "--slide-mpp",
-        type=float,
-        default=None,
-        metavar="X",
-        help="level-0 µm/px for slides without MPP, or to override it (default: the slide's MPP)",
-    )
-    extract.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.05,
-        metavar="R",
-        help="a level within this relative distance of the target is read as is (default: 0.05)",
-    )
-    extract.add_argument(
-        "--threads",
-        type=int,
-        default=2,
-        metavar="N",
-        help="threads that read and encode patches (default: 2)",
-    )
-    extract.add_argument(
-        "--compression",
-        choices=("fast", "compact"),
-        default="fast",
-        help="patch zstd: fast (negative level, Huffman literals) or compact "
-        "(level 1: 1-7 %% smaller, encoding ~40 %% slower) (default: fast)",
-    )
+    settings = extract.add_argument_group("extraction settings")
+    flagged = add_extraction_flags(settings)
     extract.add_argument(
         "--qc",
         metavar="DIR",
@@ -181,13 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object (default: one line of text)"
     )
-    extract.set_defaults(func=run_extract)
+    extract.set_defaults(func=run_extract, extraction_flags=flagged)
 
-    verify = subparsers.add_parser(
+    verify = add_command(
+        subparsers,
         "verify",
-        help="check a patch store (shapes, every chunk's checksum, status, leftovers)",
-        description=VERIFY_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "check a patch store (shapes, every chunk's checksum, status, leftovers)",
+        VERIFY_DESCRIPTION,
     )
     verify.add_argument("store", metavar="STORE", help="patch store directory")
     verify.add_argument(
@@ -204,11 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.set_defaults(func=run_verify)
 
-    export = subparsers.add_parser(
+    export = add_command(
+        subparsers,
         "export",
-        help="write the store as the Zenodo-style PNG dataset with metadata.csv",
-        description=EXPORT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "write the store as the Zenodo-style PNG dataset with metadata.csv",
+        EXPORT_DESCRIPTION,
     )
     export.add_argument("store", metavar="STORE", help="patch store directory")
     export.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
@@ -227,11 +141,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.set_defaults(func=run_export)
 
-    import_png = subparsers.add_parser(
+    import_png = add_command(
+        subparsers,
         "import-png",
-        help="read a Zenodo-style PNG/JPEG dataset into a patch store",
-        description=IMPORT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "read a Zenodo-style PNG/JPEG dataset into a patch store",
+        IMPORT_DESCRIPTION,
     )
     import_png.add_argument(
         "source", metavar="DIR", help="folder holding hard_labeled_dataset/, weakly_labeled_dataset/"
@@ -261,30 +175,8 @@ def _progress() -> bool:
 
 def run_extract(args: argparse.Namespace) -> int:
     from wsi_tools.extract import ExtractionConfig, extract_slide
-    from wsi_tools.geometry import mpp_for_magnification
 
-    if args.magnification is not None:
-        if args.magnification <= 0:
-            raise ConfigError(f"--magnification must be positive, got {args.magnification}")
-        target = mpp_for_magnification(args.magnification)
-    else:
-        target = 2.0 if args.mpp is None else args.mpp
-    config = ExtractionConfig(
-        set=args.set,
-        target_mpp=target,
-        patch_size=args.patch_size,
-        fraction=float(args.fraction),
-        seed=args.seed,
-        min_tissue=args.min_tissue,
-        cover=args.cover,
-        label_map=args.label_map,
-        ignore_unknown_groups=args.ignore_unknown_groups,
-        backend=args.backend,
-        slide_mpp=args.slide_mpp,
-        tolerance=args.tolerance,
-        threads=args.threads,
-        compression=args.compression,
-    )
+    config = ExtractionConfig(set=args.set, **extraction_flags_given(args, args.extraction_flags))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = extract_slide(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wsi_tools.cli._common import add_print_config, print_config
+from wsi_tools.cli._common import add_command, add_print_config, print_config
 from wsi_tools.options import add_flags
 
 MINE_DESCRIPTION = """\
@@ -70,13 +70,9 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mine``, ``run``, ``ablate`` and ``demo``."""
-    formatter = argparse.RawDescriptionHelpFormatter
 
-    mine = subparsers.add_parser(
-        "mine",
-        help="false positives + kNN mining for a trained weak model",
-        description=MINE_DESCRIPTION,
-        formatter_class=formatter,
+    mine = add_command(
+        subparsers, "mine", "false positives + kNN mining for a trained weak model", MINE_DESCRIPTION
     )
     mine.add_argument("--checkpoint", required=True, metavar="CKPT", help="the weak model (best.pt of a run)")
     mine.add_argument("--store", required=True, metavar="STORE", help="the patch store it was trained from")
@@ -97,11 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mine.add_argument("--no-progress", action="store_true", help="no progress bars (default: on a terminal)")
     mine.set_defaults(func=run_mine)
 
-    run = subparsers.add_parser(
-        "run",
-        help="the four-step hard negative mining pipeline over seeds",
-        description=RUN_DESCRIPTION,
-        formatter_class=formatter,
+    run = add_command(
+        subparsers, "run", "the four-step hard negative mining pipeline over seeds", RUN_DESCRIPTION
     )
     run.add_argument("--config", metavar="YAML", help="pipeline config (default configs/hnm.yaml)")
     run.add_argument(
@@ -111,11 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_set(run)
     run.set_defaults(func=run_run)
 
-    ablate = subparsers.add_parser(
-        "ablate",
-        help="alpha, metric, dataset-size and imbalance ablations",
-        description=ABLATE_DESCRIPTION,
-        formatter_class=formatter,
+    ablate = add_command(
+        subparsers, "ablate", "alpha, metric, dataset-size and imbalance ablations", ABLATE_DESCRIPTION
     )
     ablate.add_argument("--config", metavar="YAML", help="ablation config (default configs/ablation.yaml)")
     ablate.add_argument("--store", metavar="STORE", help="patch store (default: config's)")
@@ -130,11 +120,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_set(ablate)
     ablate.set_defaults(func=run_ablate)
 
-    demo = subparsers.add_parser(
+    demo = add_command(
+        subparsers,
         "demo",
-        help="the whole method on a generated synthetic cohort (CPU, minutes)",
-        description=DEMO_DESCRIPTION,
-        formatter_class=formatter,
+        "the whole method on a generated synthetic cohort (CPU, minutes)",
+        DEMO_DESCRIPTION,
     )
     demo.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     demo.add_argument("--config", metavar="YAML", help="demo config (default configs/demo.yaml)")

@@ -7,6 +7,7 @@ import json
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from wsi_tools.cli._common import add_command
 from wsi_tools.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,11 +56,11 @@ def _add_slide_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    info = subparsers.add_parser(
+    info = add_command(
+        subparsers,
         "info",
-        help="print a slide's levels, dimensions, mpp, objective, vendor, backend and fingerprint",
-        description=INFO_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "print a slide's levels, dimensions, mpp, objective, vendor, backend and fingerprint",
+        INFO_DESCRIPTION,
     )
     _add_slide_options(info)
     info.add_argument(
@@ -67,11 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.set_defaults(func=run_info)
 
-    tissue = subparsers.add_parser(
+    tissue = add_command(
+        subparsers,
         "tissue",
-        help="detect tissue, print its area in mm² and write a QC picture",
-        description=TISSUE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "detect tissue, print its area in mm² and write a QC picture",
+        TISSUE_DESCRIPTION,
     )
     _add_slide_options(tissue)
     tissue.add_argument("--out", required=True, metavar="PNG", help="QC picture to write (required)")

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from wsi_tools.cli._common import add_print_config, print_config
+from wsi_tools.cli._common import add_command, add_print_config, print_config
 from wsi_tools.options import load_layered
 from wsi_tools.train.config import TrainConfig, describe_keys, load_config
 
@@ -85,11 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_print_config(parser)
     parser.set_defaults(func=run_train)
 
-    evaluate = subparsers.add_parser(
-        "evaluate",
-        help="score a trained model on one split of its slides",
-        description=EVALUATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    evaluate = add_command(
+        subparsers, "evaluate", "score a trained model on one split of its slides", EVALUATE_DESCRIPTION
     )
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt or last.pt of a run")
     evaluate.add_argument(
