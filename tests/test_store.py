@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from wsi_tools.errors import ConfigError, StoreError
-from wsi_tools.store import PatchStore, SlideWriter, sanitize_slide_id
+from wsi_tools.store import PatchStore, SlideWriter, _store, _writer, sanitize_slide_id
 from wsi_tools.store import _codec as patch_codec
 from wsi_tools.testing.synth import synthetic_tissue
 
@@ -164,6 +164,76 @@ def test_existing_slide_needs_overwrite_and_overwrite_swaps(tmp_path: Path) -> N
     _write(store, "s", replacement, overwrite=True)
     assert store.slide_ids() == ["s"] and store.leftovers() == []
     assert np.array_equal(store.read_patches("s", range(6)), replacement)
+
+
+def test_an_overwrite_swaps_the_groups_in_one_atomic_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PatchStore(tmp_path / "s.zarr", mode="a")
+    _write(store, "s", _patches(4))
+    replacement = _patches(6, seed=5)
+
+    # Killed right after the swap, before the old group is removed: the slide is already
+    # the new one, complete; the old one is a leftover under the temporary name.
+    def killed(path: object, ignore_errors: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_writer.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _write(store, "s", replacement, overwrite=True)
+    monkeypatch.undo()
+    assert store.slide_ids() == ["s"]
+    assert np.array_equal(store.read_patches("s", range(6)), replacement)
+    (leftover,) = store.leftovers()
+    assert leftover.startswith(".tmp-s-")
+    assert PatchStore(store.path, mode="a").restore_interrupted() == []
+
+
+def test_a_crash_between_the_fallback_renames_keeps_a_complete_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PatchStore(tmp_path / "s.zarr", mode="a")
+    original = _patches(4)
+    _write(store, "s", original)
+    renames = []
+    real_rename = _writer.os.rename
+
+    def rename_then_die(source: object, target: object) -> None:
+        renames.append((source, target))
+        if len(renames) == 2:  # killed after the old group went aside, before the new one came in
+            raise KeyboardInterrupt
+        real_rename(source, target)
+
+    monkeypatch.setattr(_writer, "exchange_paths", lambda first, second: False)  # e.g. NFS
+    monkeypatch.setattr(_writer.os, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _write(store, "s", _patches(6, seed=5), overwrite=True)
+    monkeypatch.undo()
+
+    reader = PatchStore(store.path)
+    assert reader.slide_ids() == []
+    (aside,) = reader.interrupted_swaps().values()
+    report = reader.verify()
+    assert not report.ok and any(
+        "--overwrite stopped" in problem and aside in problem for problem in report.problems
+    )
+
+    writer = PatchStore(store.path, mode="a")  # the next writer puts the old copy back
+    assert writer.slide_ids() == ["s"]
+    assert np.array_equal(writer.read_patches("s", range(4)), original)
+    writer.remove_leftovers()
+    assert writer.verify().ok
+
+
+def test_a_slide_deleted_halfway_is_never_put_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PatchStore(tmp_path / "s.zarr", mode="a")
+    _write(store, "s", _patches(4))
+    monkeypatch.setattr(_store.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    store.delete_slide("s")
+    monkeypatch.undo()
+    (leftover,) = store.leftovers()
+    assert leftover.startswith(".del-s-")
+    assert PatchStore(store.path, mode="a").slide_ids() == []
 
 
 def test_failure_mid_slide_leaves_nothing_complete_and_rerun_completes(

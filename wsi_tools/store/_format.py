@@ -21,7 +21,9 @@ SCHEMA = "wsi-tools/patch-store"
 FORMAT_VERSION = 1
 SLIDES_GROUP = "slides"
 TEMP_PREFIX = ".tmp-"
-OLD_PREFIX = ".old-"
+OLD_PREFIX = ".old-"  # a complete slide set aside by an --overwrite until the new one is in place
+DELETED_PREFIX = ".del-"  # a slide being deleted: never put back
+LEFTOVER_PREFIXES = (TEMP_PREFIX, OLD_PREFIX, DELETED_PREFIX)
 DEFAULT_PATCHES_PER_SHARD = 128
 SMALL_ARRAYS = ("coords", "labels", "tissue_fraction")
 STATUS_COMPLETE = "complete"
@@ -139,3 +141,39 @@ def write_small_chunks(array_dir: Path, values: np.ndarray, chunk_rows: int) -> 
         path.write_bytes(
             _codec.checksummed(bytes(imagecodecs.zstd_encode(block.tobytes(), level=SMALL_ZSTD_LEVEL)))
         )
+
+
+def _load_renameat2() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2 = _load_renameat2()
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing directories in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``): at every instant each name holds a complete directory.
+    False where the system or the file system cannot (the caller falls back)."""
+    if _renameat2 is None:
+        return False
+    import ctypes
+
+    result = _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not on this system or file system
+        return False
+    raise OSError(error, os.strerror(error), str(first), None, str(second))

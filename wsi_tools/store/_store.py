@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -17,12 +18,13 @@ from wsi_tools.errors import StoreError
 from wsi_tools.provenance import now_iso
 from wsi_tools.store._format import (
     DEFAULT_PATCHES_PER_SHARD,
+    DELETED_PREFIX,
     FORMAT_VERSION,
+    LEFTOVER_PREFIXES,
     OLD_PREFIX,
     SCHEMA,
     SLIDES_GROUP,
     STATUS_COMPLETE,
-    TEMP_PREFIX,
     group_meta,
     quiet_numcodecs,
     read_json,
@@ -69,6 +71,7 @@ class PatchStore:
             )
         if mode == "a":
             self.slides_dir.mkdir(exist_ok=True)
+            self.restore_interrupted()
 
     def __repr__(self) -> str:
         return f"PatchStore({str(self.path)!r}, mode={self.mode!r})"
@@ -120,17 +123,39 @@ class PatchStore:
     def leftovers(self, slide_id: str | None = None) -> list[str]:
         """Temporary groups of interrupted writes (or of writes in progress elsewhere)."""
         names = (
-            [
-                entry.name
-                for entry in os.scandir(self.slides_dir)
-                if entry.name.startswith((TEMP_PREFIX, OLD_PREFIX))
-            ]
+            [entry.name for entry in os.scandir(self.slides_dir) if entry.name.startswith(LEFTOVER_PREFIXES)]
             if self.slides_dir.is_dir()
             else []
         )
         if slide_id is not None:
             names = [name for name in names if _leftover_slide_id(name) == slide_id]
         return sorted(names)
+
+    def interrupted_swaps(self) -> dict[str, str]:
+        """``{slide_id: leftover}`` for each slide that is missing while a complete copy
+        of it waits under ``.old-``: an ``--overwrite`` stopped between its two renames."""
+        found: dict[str, str] = {}
+        for name in self.leftovers():
+            slide_id = _leftover_slide_id(name)
+            if (
+                name.startswith(OLD_PREFIX)
+                and slide_id not in found
+                and not (self.slides_dir / slide_id).exists()
+                and self._status(name) == STATUS_COMPLETE
+            ):
+                found[slide_id] = name
+        return found
+
+    def restore_interrupted(self) -> list[str]:
+        """Put back the complete copy of every slide an interrupted ``--overwrite`` left
+        aside (a writer then replaces it again or skips it, as asked); the slide ids."""
+        self._require_writable()
+        restored = []
+        for slide_id, name in self.interrupted_swaps().items():
+            with contextlib.suppress(FileNotFoundError, OSError):  # another writer got there first
+                os.rename(self.slides_dir / name, self.slides_dir / slide_id)
+                restored.append(slide_id)
+        return restored
 
     def remove_leftovers(self, slide_id: str | None = None) -> list[str]:
         self._require_writable()
@@ -240,7 +265,7 @@ class PatchStore:
     def delete_slide(self, slide_id: str) -> None:
         self._require_writable()
         group = self._require_slide(sanitize_slide_id(slide_id))
-        aside = self.slides_dir / f"{OLD_PREFIX}{group.name}-{uuid.uuid4().hex[:12]}"
+        aside = self.slides_dir / f"{DELETED_PREFIX}{group.name}-{uuid.uuid4().hex[:12]}"
         os.rename(group, aside)
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -253,6 +278,6 @@ class PatchStore:
 
 
 def _leftover_slide_id(name: str) -> str:
-    """'.tmp-<id>-<12 hex>' or '.old-<id>-<12 hex>' -> '<id>'."""
-    body = name.removeprefix(TEMP_PREFIX).removeprefix(OLD_PREFIX)
+    """'.tmp-<id>-<12 hex>' (or '.old-', '.del-') -> '<id>'."""
+    body = next((name.removeprefix(prefix) for prefix in LEFTOVER_PREFIXES if name.startswith(prefix)), name)
     return body.rsplit("-", 1)[0]

@@ -47,6 +47,12 @@ def verify_store(store: PatchStore, decode: bool = True, progress: bool = False)
     from tqdm import tqdm
 
     report = VerifyReport(store=store.path, leftovers=store.leftovers())
+    for slide_id, name in store.interrupted_swaps().items():
+        report.problems.append(
+            f"slides/{slide_id} is missing: an --overwrite stopped while replacing it, and its complete "
+            f"previous copy is slides/{name}; opening the store for writing puts it back (rerun the "
+            "extraction, or wsi-tools verify --remove-leftovers)"
+        )
     names = [name for name in store._group_names() if not name.startswith(".")]
     with tqdm(total=len(names), desc="verify", unit="slide", disable=not progress, leave=False) as bar:
         for name in names:

@@ -26,6 +26,7 @@ from wsi_tools.store._format import (
     STATUS_WRITING,
     TEMP_PREFIX,
     array_meta,
+    exchange_paths,
     group_meta,
     jsonable,
     read_json,
@@ -313,15 +314,23 @@ class SlideWriter:
         return dict(self.attrs)
 
     def _swap_into_place(self) -> None:
+        """Make the written group the slide. Replacing a slide swaps the two groups
+        atomically where the system can; elsewhere the old one is renamed aside first,
+        and a crash between the two renames leaves it complete under ``.old-``, put
+        back by the next writer that opens the store (:meth:`PatchStore.restore_interrupted`)."""
         final = self.store.slides_dir / self.slide_id
-        aside = None
-        if final.exists():
-            aside = self.store.slides_dir / f"{OLD_PREFIX}{self.slide_id}-{uuid.uuid4().hex[:12]}"
-            os.rename(final, aside)
-        os.rename(self.group_dir, final)
+        written = self.group_dir
         self.group_dir = final
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        if not final.exists():
+            os.rename(written, final)
+            return
+        if exchange_paths(written, final):
+            shutil.rmtree(written, ignore_errors=True)  # now the old group, under the temporary name
+            return
+        aside = self.store.slides_dir / f"{OLD_PREFIX}{self.slide_id}-{uuid.uuid4().hex[:12]}"
+        os.rename(final, aside)
+        os.rename(written, final)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def abort(self) -> None:
         """Drop everything written so far; the store looks as before."""
