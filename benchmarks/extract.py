@@ -162,7 +162,7 @@ def child(slide: str, store: str, threads: int) -> None:
 
     import wsi_tools.slide  # noqa: F401
     import wsi_tools.tissue
-    from wsi_tools import extract, patch_codec
+    from wsi_tools import extract
 
     for codec in ("jpeg8_decode", "zstd_decode", "delta_encode"):
         getattr(imagecodecs, codec)  # imagecodecs imports each codec's module on first access
@@ -184,7 +184,7 @@ def child(slide: str, store: str, threads: int) -> None:
     # the rest (reading: partly on zarr's event-loop thread inside tiffslide; writing; setup)
     # is what remains of the process's CPU time.
     wsi_tools.tissue.detect_tissue = timed(wsi_tools.tissue.detect_tissue, "tissue", time.process_time)
-    patch_codec.encode_patch = timed(patch_codec.encode_patch, "encode", time.thread_time)
+    extract.encode_patch = timed(extract.encode_patch, "encode", time.thread_time)
 
     config = extract.ExtractionConfig(
         set="weak", target_mpp=TARGET_MPP, patch_size=PATCH, fraction=1.0, threads=threads

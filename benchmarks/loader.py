@@ -95,7 +95,7 @@ def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
 def raw_render_bytes(n: int = 32) -> dict[str, float]:
     """Mean bytes per patch of the store codec and of the export's PNG on raw renders."""
     from wsi_tools.export import DEFAULT_PNG_LEVEL
-    from wsi_tools.patch_codec import encode_patch
+    from wsi_tools.store import encode_patch
 
     patches = synthetic_patches(n, seed=1000, jpeg_quality=None)
     png_args = [cv2.IMWRITE_PNG_COMPRESSION, DEFAULT_PNG_LEVEL]
