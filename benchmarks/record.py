@@ -68,13 +68,17 @@ def main() -> int:
     if args.report:
         result = json.loads(args.report.read_text())
         source = str(args.report)
+        # A report names the code that made it; the checkout may have moved on since.
+        made_by = result.get("code_version") or result.get("hnm", {}).get("code_version")
+        made_on = result.get("finished") or result.get("hnm", {}).get("finished")
     else:
         result = run_benchmark(command)
         source = " ".join(command)
+        made_by, made_on = None, None
     record = {
         "name": args.name,
-        "date": now_iso(),
-        "commit": code_version(),
+        "date": made_on or now_iso(),
+        "commit": made_by or code_version(),
         "source": source,
         "machine": machine(),
         "result": result,

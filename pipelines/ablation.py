@@ -40,6 +40,7 @@ from wsi_tools.pipelines.report import (
     format_mean_sd,
     summarize_runs,
 )
+from wsi_tools.provenance import code_version, compute_environment, now_iso
 
 DEFAULT_CONFIG = packaged_config("ablation.yaml")
 STUDIES = ("alpha", "metric", "limited", "imbalance")
@@ -128,26 +129,11 @@ def _mining_variants(config: AblationConfig, studies: Mapping[str, Sequence[Any]
     return variants
 
 
-def run_ablation(
-    config: AblationConfig,
-    store: str | Path | None = None,
-    out: str | Path | None = None,
-    *,
-    only: Sequence[str] | None = None,
-) -> dict[str, Any]:
+def _study_rows(
+    config: AblationConfig, studies: Mapping[str, Sequence[Any]], store: Path, out: Path
+) -> list[dict[str, Any]]:
+    """One row per condition of every study, each over every seed."""
     hnm = config.hnm
-    store = required_path(store, hnm.store, flag="--store STORE", key="store", what="store")
-    out = required_path(out, hnm.out, flag="--out DIR", key="out", what="output folder")
-    if not store.exists():
-        raise ConfigError(f"{store}: patch store not found; extract one first (wsi-tools extract / batch)")
-    out.mkdir(parents=True, exist_ok=True)
-    studies = _conditions(config, only)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(
-            {**hnm.to_dict(), "studies": {k: list(v) for k, v in studies.items()}}, sort_keys=False
-        )
-    )
-    started = time.perf_counter()
     rows: list[dict[str, Any]] = []
 
     # alpha and metric: one weak model per seed, every mining variant on it.
@@ -181,8 +167,44 @@ def run_ablation(
                 records.extend(run_seed(hnm, store, folder, seed, train_config=recipe))
             rows.append(_row(study, label.format(float(value)), records))
 
+    return rows
+
+
+def run_ablation(
+    config: AblationConfig,
+    store: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    only: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    hnm = config.hnm
+    store = required_path(store, hnm.store, flag="--store STORE", key="store", what="store")
+    out = required_path(out, hnm.out, flag="--out DIR", key="out", what="output folder")
+    if not store.exists():
+        raise ConfigError(f"{store}: patch store not found; extract one first (wsi-tools extract / batch)")
+    out.mkdir(parents=True, exist_ok=True)
+    studies = _conditions(config, only)
+    (out / "config.yaml").write_text(
+        yaml.safe_dump(
+            {**hnm.to_dict(), "studies": {k: list(v) for k, v in studies.items()}}, sort_keys=False
+        )
+    )
+    from wsi_tools.train.runtime import cpu_threads
+
+    started = time.perf_counter()
+    # One thread count for training, embedding and the kNN, as in the pipeline.
+    with cpu_threads(hnm.train.cpu_threads):
+        rows = _study_rows(config, studies, store, out)
+        environment = compute_environment()
     seconds = time.perf_counter() - started
-    report = {"seeds": list(hnm.seeds), "rows": rows, "seconds": round(seconds, 1)}
+    report = {
+        "seeds": list(hnm.seeds),
+        "rows": rows,
+        "seconds": round(seconds, 1),
+        "code_version": code_version(),
+        "finished": now_iso(),
+        "environment": environment,
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(ablation_markdown(rows, hnm, seconds))
     return report
