@@ -56,13 +56,16 @@ def run_benchmark(command: list[str]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s NAME (--report PATH | -- COMMAND ...)",
     )
     parser.add_argument("name", help="the result's name: benchmarks/results/NAME.json")
     parser.add_argument("--report", type=Path, help="a pipeline's report.json to keep (demo, ablation)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the benchmark command to run")
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]  # what follows "--": the benchmark to run
     if bool(command) == bool(args.report):
         parser.error("give either --report PATH or -- COMMAND")
     if args.report:

@@ -25,7 +25,7 @@ from typing import Any
 
 from wsi_tools.config_file import packaged_config
 from wsi_tools.errors import ConfigError
-from wsi_tools.options import Overrides, load_beside
+from wsi_tools.options import Overrides, from_mapping, load_beside
 from wsi_tools.pipelines.hnm import HnmConfig, config_section, log, parse_hnm_config, run_pipeline
 from wsi_tools.testing.cohort import Cohort, CohortConfig, generate_cohort
 
@@ -68,19 +68,10 @@ def _parse_demo(mapping: Mapping[str, Any], source: str, base_dir: Path) -> Demo
     mapping.pop("cohort", None)
     mapping.pop("extraction", None)
     workers = mapping.pop("workers", 2)
-    known = {f.name for f in dataclasses.fields(CohortConfig)}
-    unknown = sorted(set(cohort_mapping) - known)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown cohort key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    for key in ("positives_per_slide", "negatives_per_slide", "vessel_radius_um"):
-        if key in cohort_mapping:
-            cohort_mapping[key] = tuple(cohort_mapping[key])
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"{source}: workers must be a positive integer, got {workers!r}")
     return DemoConfig(
-        cohort=CohortConfig(**cohort_mapping),
+        cohort=from_mapping(CohortConfig, cohort_mapping, source, "cohort"),
         extraction=extraction,
         workers=workers,
         hnm=parse_hnm_config(mapping, source, base_dir),

@@ -496,7 +496,7 @@ def _read_ahead(
             yield span, _read_and_encode(slide, origins[span], config, plan)
         return
     # The calling thread takes every n-th span itself: n threads in all, not n + 1
-    # contending for the GIL and the cores (that costs ~0.3 ms of CPU per patch).
+    # contending for the GIL and the cores.
     with ThreadPoolExecutor(config.threads - 1, thread_name_prefix="read") as pool:
         queue: deque[tuple[slice, Future[list[bytes]]]] = deque()
         for number, span in enumerate(spans):

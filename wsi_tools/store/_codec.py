@@ -13,11 +13,11 @@ order (see ``docs/store.md`` for the measurements behind it):
 
 zarr-python reads this chain, but its writer cannot apply a delta before a
 transpose (numcodecs array codecs hand back flat arrays), and its per-chunk
-write path costs about 3 ms of CPU per 512 px patch. So shards are built here:
+write path costs more CPU than encoding the patch itself. So shards are built here:
 encoded chunks back to back, then the index of (offset, nbytes) uint64 pairs
 (2**64-1 twice for a missing chunk) and the crc32c of that index, at the end,
 exactly as the ``sharding_indexed`` codec writes them. ``imagecodecs`` does
-the delta passes in C (numpy's cumsum on uint8 is about 8x slower).
+the delta passes in C (numpy's cumsum on uint8 widens and copies).
 """
 
 from __future__ import annotations

@@ -144,9 +144,8 @@ class SlideWriter:
             "image_encoder": _codec.image_encoder(compression),
             "started": attrs.get("started", now_iso()),
         }
-        # Metadata written directly (zarr-python's own create path costs ~25 ms
-        # of CPU per slide, most of a small slide's fixed cost); test_store
-        # checks that plain zarr reads the result.
+        # Metadata written directly: zarr-python's own create path is most of a
+        # small slide's fixed cost. test_store checks that plain zarr reads the result.
         self.group_dir.mkdir()
         write_json(self.group_dir / "zarr.json", group_meta(jsonable(self.attrs)))
         images_meta = array_meta(

@@ -8,9 +8,9 @@ negative level (``ZSTD_c_literalCompressionMode``); that parameter is in its
 advanced API, reached here with ctypes. The frames are ordinary zstd frames:
 any zstd decoder (zarr's ``zstd`` codec included) reads them.
 
-Measured on benchmark patches (``docs/store.md``): level -30 with minimum match
-7, hash log 14 and Huffman literals encodes a 512 px patch in 1.1 ms instead of
-level 1's 2.1 ms, for 2-8 % more bytes.
+Level -30 with minimum match 7, hash log 14 and Huffman literals encodes a
+patch in about half of level 1's time for a few percent more bytes
+(``docs/store.md`` has the measurements).
 
 The library is the libzstd that the imagecodecs wheel ships (so a clean
 install has it), else the system's. Where neither loads, or it is not a

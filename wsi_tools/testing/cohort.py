@@ -33,6 +33,7 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from wsi_tools.annotations import Annotation, write_asap_xml
+from wsi_tools.options import at_least, between, option, positive, unit_interval, validate
 from wsi_tools.testing.synth import BACKGROUND, write_aperio_svs
 
 POSITIVE_GROUP = "LI_positive"
@@ -68,29 +69,52 @@ def _palette(rng: np.random.Generator) -> dict[str, tuple[int, int, int]]:
     }
 
 
+def _count_range(value: tuple[int, int]) -> str | None:
+    return None if 0 <= value[0] <= value[1] else "must be [low, high] with 0 <= low <= high"
+
+
+def _radius_range(value: tuple[float, float]) -> str | None:
+    return None if 0 < value[0] <= value[1] else "must be [low, high] with 0 < low <= high"
+
+
 @dataclass(frozen=True)
 class CohortConfig:
     """Size and make-up of the cohort. Lengths are level-0 px at ``mpp``."""
 
-    n_hard_slides: int = 12
-    n_weak_slides: int = 6
-    width: int = 8192
-    height: int = 6144
-    mpp: float = 0.5
-    positives_per_slide: tuple[int, int] = (8, 14)  # inclusive range
-    negatives_per_slide: tuple[int, int] = (10, 18)
-    # Share of annotated negative vessels that hold red cells (the rest are empty).
-    negative_red_cell_share: float = 0.4
-    mimics_per_hard_slide: int = 10
-    mimics_per_weak_slide: int = 60
-    # Share of mimics that are glands with retraction spaces (the rest: red-cell vessels).
-    gland_share: float = 0.5
-    vessel_radius_um: tuple[float, float] = (45.0, 110.0)
-    # Centres of annotated regions are at least this far apart (level-0 px), so a
-    # negative's patch rarely reaches a positive annotation.
-    min_region_spacing: int = 700
-    seed: int = 0
-    quality: int = 85
+    n_hard_slides: int = option(12, "annotated slides, split by slide into train/val/test", check=at_least(3))
+    n_weak_slides: int = option(6, "weak slides (no LI, only mimics): the mining pool", check=at_least(1))
+    width: int = option(8192, "level-0 width in px", check=at_least(1024))
+    height: int = option(6144, "level-0 height in px", check=at_least(1024))
+    mpp: float = option(0.5, "level-0 µm/px", check=positive)
+    positives_per_slide: tuple[int, int] = option(
+        (8, 14), "LI-positive annotated vessels per hard slide (inclusive range)", check=_count_range
+    )
+    negatives_per_slide: tuple[int, int] = option(
+        (10, 18), "LI-negative annotated vessels per hard slide (inclusive range)", check=_count_range
+    )
+    negative_red_cell_share: float = option(
+        0.4, "share of annotated negative vessels holding red cells (the rest are empty)", check=unit_interval
+    )
+    mimics_per_hard_slide: int = option(10, "unannotated mimics per hard slide", check=at_least(0))
+    mimics_per_weak_slide: int = option(60, "mimics per weak slide", check=at_least(0))
+    gland_share: float = option(
+        0.5,
+        "share of mimics that are glands with retraction spaces (the rest: red-cell vessels)",
+        check=unit_interval,
+    )
+    vessel_radius_um: tuple[float, float] = option(
+        (45.0, 110.0), "vessel radius range in µm", check=_radius_range
+    )
+    # Centres of annotated regions are at least this far apart, so a negative's patch
+    # rarely reaches a positive annotation.
+    min_region_spacing: int = option(
+        700, "least distance between annotated regions, level-0 px", check=at_least(0)
+    )
+    seed: int = option(0, "seed of the whole cohort", check=between(0, 2**32 - 1))
+    quality: int = option(85, "JPEG quality of the slides' tiles", check=between(1, 100))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,7 @@ def subsample(
 def resize_batch(images: np.ndarray | torch.Tensor, size: int | None) -> torch.Tensor:
     """(B, P, P, 3) uint8 RGB -> (B, 3, size, size) uint8, antialiased bilinear (the
     pixels of ``transforms.v2.Resize(antialias=True)``), in channels-last memory:
-    torch's uint8 kernel reads that layout directly (0.3 vs 0.4 ms per 512 px
-    patch for one resize per patch)."""
+    torch's uint8 kernel reads that layout directly, with no copy into planes."""
     batch = torch.as_tensor(images).permute(0, 3, 1, 2)
     if size is None or tuple(batch.shape[2:]) == (size, size):
         return batch
