@@ -136,3 +136,15 @@ def test_extract_and_batch_flags_come_from_the_extraction_config() -> None:
         parser.parse_args(["batch", "m.csv", "--out", "o", "--slide-mpp", "0.5"])  # per slide: the manifest's
     with pytest.raises(SystemExit):
         parser.parse_args(["batch", "m.csv", "--out", "o", "--backend", "pillow"])  # choices from the check
+
+
+def test_extract_and_mine_print_their_effective_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["extract", "s.svs", "--out", "o", "--set", "weak", "--fraction", "1/4", "--print-config"]) == 0
+    )
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["fraction"] == 0.25 and printed["set"] == "weak" and printed["patch_size"] == 512
+    command = ["mine", "--checkpoint", "c.pt", "--store", "s", "--out", "o", "--threshold", "0.2"]
+    assert main([*command, "--alpha", "7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["alpha"] == 7 and printed["threshold"] == 0.2 and printed["metric"] == "l2"

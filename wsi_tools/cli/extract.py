@@ -7,7 +7,13 @@ import json
 import sys
 import warnings
 
-from wsi_tools.cli._common import add_command, add_extraction_flags, extraction_flags_given
+from wsi_tools.cli._common import (
+    add_command,
+    add_extraction_flags,
+    add_print_config,
+    extraction_flags_given,
+    print_config,
+)
 
 EXIT_PROBLEMS = 1
 
@@ -95,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object (default: one line of text)"
     )
+    add_print_config(extract)
     extract.set_defaults(func=run_extract, extraction_flags=flagged)
 
     verify = add_command(
@@ -175,8 +182,11 @@ def _progress() -> bool:
 
 def run_extract(args: argparse.Namespace) -> int:
     from wsi_tools.extract import ExtractionConfig, extract_slide
+    from wsi_tools.options import to_plain
 
     config = ExtractionConfig(set=args.set, **extraction_flags_given(args, args.extraction_flags))
+    if args.print_config:
+        return print_config(to_plain(config))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         result = extract_slide(

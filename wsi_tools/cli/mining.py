@@ -91,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_flags(mine, MiningConfig, ("batch_size", "num_workers", "device"))
     mine.add_argument("--no-progress", action="store_true", help="no progress bars (default: on a terminal)")
+    add_print_config(mine)
     mine.set_defaults(func=run_mine)
 
     run = add_command(
@@ -140,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_mine(args: argparse.Namespace) -> int:
     from wsi_tools.mining.mine import MiningConfig, run_mining
-    from wsi_tools.options import from_mapping, given_flags
+    from wsi_tools.options import from_mapping, given_flags, to_plain
     from wsi_tools.train.checkpoint import read_checkpoint
 
     flags = given_flags(args, MiningConfig)
@@ -149,6 +150,8 @@ def run_mine(args: argparse.Namespace) -> int:
     config: MiningConfig = from_mapping(
         MiningConfig, {**flags, "progress": not args.no_progress}, "command line"
     )
+    if args.print_config:
+        return print_config(to_plain(config))
     result = run_mining(args.checkpoint, args.store, args.out, config, exclude_slides=args.exclude_slide)
     fps = result.false_positives
     print(
