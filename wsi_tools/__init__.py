@@ -62,6 +62,9 @@ _LAZY: dict[str, str] = {
     "embed_patches": "wsi_tools.train.inference",
     "load_model": "wsi_tools.train.inference",
     "compute_metrics": "wsi_tools.train.metrics",
+    # whole slides
+    "PredictConfig": "wsi_tools.predict",
+    "Predictor": "wsi_tools.predict",
     # mining and the pipeline
     "MiningConfig": "wsi_tools.mining.mine",
     "run_mining": "wsi_tools.mining.mine",

@@ -61,7 +61,7 @@ from shapely.geometry import box
 
 from wsi_tools import __version__
 from wsi_tools.errors import ConfigError
-from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins
+from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins, row_spans
 from wsi_tools.options import (
     at_least,
     between,
@@ -73,6 +73,7 @@ from wsi_tools.options import (
     validate,
 )
 from wsi_tools.provenance import now_iso
+from wsi_tools.slide import READER_CHOICES
 from wsi_tools.store import COMPRESSIONS, PatchStore, encode_patch, sanitize_slide_id
 
 if TYPE_CHECKING:
@@ -83,7 +84,6 @@ if TYPE_CHECKING:
     from wsi_tools.tissue import TissueMask
 
 SETS = ("hard", "weak")
-BACKENDS = ("auto", "openslide", "tiffslide")
 # Tissue for the weak-set filter at 16 µm/px (the coarse end of 8-16): a 512 px window at
 # 2.0 µm/px is still 64 x 64 mask px, and the mask work is a quarter of that at 8 µm/px.
 TISSUE_MPP = 16.0
@@ -121,7 +121,7 @@ class ExtractionConfig:
     backend: str = option(
         "auto",
         "slide reader: auto tries tiffslide for .svs/.tif/.tiff, then OpenSlide",
-        check=one_of(*BACKENDS),
+        check=one_of(*READER_CHOICES),
     )
     slide_mpp: float | None = option(
         None, "level-0 µm/px for a slide without MPP, or to override it", check=positive
@@ -301,21 +301,6 @@ def hard_windows(
 # --------------------------------------------------------------------------- reading pixels
 
 
-def _spans(origins: np.ndarray, extent: float, max_windows: int = SPAN_WINDOWS) -> Iterator[slice]:
-    """Runs of consecutive rows that are horizontally adjacent windows on one grid row."""
-    start = 0
-    for i in range(1, len(origins) + 1):
-        ends = (
-            i == len(origins)
-            or i - start >= max_windows
-            or origins[i, 1] != origins[start, 1]
-            or not 0 < origins[i, 0] - origins[i - 1, 0] <= math.ceil(extent)
-        )
-        if ends:
-            yield slice(start, i)
-            start = i
-
-
 class _Scratch(threading.local):
     """Reusable pixel buffers of one reading thread, by role (level pixels of a
     resampled span; a span's patches while they are encoded)."""
@@ -490,7 +475,7 @@ def _read_ahead(
     """Spans and their encoded patches, in order; with ``threads > 1`` that many
     spans are read and encoded at once (decoding and zstd release the GIL)."""
     level_px = config.patch_size * max(1.0, plan.resample_scale)
-    spans = _spans(origins, extent, max(1, min(SPAN_WINDOWS, int(SPAN_BYTES // (3 * level_px**2)))))
+    spans = row_spans(origins, extent, max(1, min(SPAN_WINDOWS, int(SPAN_BYTES // (3 * level_px**2)))))
     if config.threads <= 1:
         for span in spans:
             yield span, _read_and_encode(slide, origins[span], config, plan)

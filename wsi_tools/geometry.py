@@ -7,6 +7,7 @@ physical resolution in µm/px; magnification m means 10/m µm/px (×20 = 0.5).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,3 +148,20 @@ def centred_window(
     x = min(max(x, 0.0), max(width - extent, 0.0))
     y = min(max(y, 0.0), max(height - extent, 0.0))
     return int(round(x)), int(round(y))
+
+
+def row_spans(origins: np.ndarray, extent: float, max_windows: int) -> Iterator[slice]:
+    """Runs of consecutive rows of ``origins`` that are neighbouring windows on one grid
+    row (same y, each at most one window right of the last): one level read each, so
+    tiles that neighbours share are decoded once."""
+    start = 0
+    for i in range(1, len(origins) + 1):
+        ends = (
+            i == len(origins)
+            or i - start >= max_windows
+            or origins[i, 1] != origins[start, 1]
+            or not 0 < origins[i, 0] - origins[i - 1, 0] <= math.ceil(extent)
+        )
+        if ends:
+            yield slice(start, i)
+            start = i

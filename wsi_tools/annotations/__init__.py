@@ -49,6 +49,7 @@ The package: ``_model`` (the data), ``_asap_reader``, ``_asap_writer``,
 
 from wsi_tools.annotations._asap_reader import read_asap_xml
 from wsi_tools.annotations._asap_writer import write_asap_xml
+from wsi_tools.annotations._geojson_writer import write_qupath_geojson
 from wsi_tools.annotations._label_maps import (
     available_label_maps,
     label_annotations,
@@ -93,4 +94,5 @@ __all__ = [
     "resolve_label_map_path",
     "summarize",
     "write_asap_xml",
+    "write_qupath_geojson",
 ]

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "wsi_tools.cli.batch",  # manifest, batch
     "wsi_tools.cli.train",  # train, evaluate
     "wsi_tools.cli.mining",  # mine, run, ablate, demo
+    "wsi_tools.cli.predict",  # predict
 )
 
 EXIT_OK = 0
@@ -37,6 +38,7 @@ Typical flow:
   wsi-tools extract slide.svs --out store.zarr --set hard --annotations slide.xml
   wsi-tools batch manifest.csv --out store.zarr --workers 2
   wsi-tools run --config configs/hnm.yaml --store store.zarr --out runs/hnm
+  wsi-tools predict new.svs --checkpoint runs/hnm/seed_0/strong/best.pt --out predictions
   wsi-tools demo --out demo_out                 the whole method on a synthetic cohort
 
 Exit status: 0 success, 2 bad input (the message names the file and the fix),

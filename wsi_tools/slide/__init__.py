@@ -25,12 +25,13 @@ properties, the file fingerprint) and ``_slide`` (:class:`Slide`).
 
 from wsi_tools.slide._metadata import file_fingerprint
 from wsi_tools.slide._protocol import SlideBackend
-from wsi_tools.slide._registry import BACKENDS, TIFF_SUFFIXES, open_backend
+from wsi_tools.slide._registry import BACKENDS, READER_CHOICES, TIFF_SUFFIXES, open_backend
 from wsi_tools.slide._slide import MPP_FIX, Slide, open_slide
 
 __all__ = [
     "BACKENDS",
     "MPP_FIX",
+    "READER_CHOICES",
     "TIFF_SUFFIXES",
     "Slide",
     "SlideBackend",

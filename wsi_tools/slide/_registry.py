@@ -11,6 +11,7 @@ from wsi_tools.slide._protocol import SlideBackend
 from wsi_tools.slide._tiffslide import TiffSlideBackend
 
 BACKENDS: tuple[str, ...] = ("openslide", "tiffslide")
+READER_CHOICES = ("auto", *BACKENDS)  # what a config or flag may name: auto picks by suffix
 TIFF_SUFFIXES = frozenset({".svs", ".tif", ".tiff"})
 
 _FACTORIES: dict[str, Callable[[Path], SlideBackend]] = {

@@ -84,7 +84,7 @@ class Slide:
             if abs(mpp[0] / expected - 1) > APPMAG_MPP_RTOL:
                 self._warn(
                     f"{self.path}: AppMag {objective:g} implies about {expected:g} µm/px but the "
-                    f"resolution in use is {mpp[0]:g} µm/px; the MPP is used (override with {MPP_FIX})"
+                    f"resolution in use is {mpp[0]:g} µm/px; the MPP is used (to use another, {MPP_FIX})"
                 )
 
     def _warn(self, message: str) -> None:

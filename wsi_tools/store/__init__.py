@@ -15,7 +15,7 @@ The package: ``_format`` (names, the slide id rule, zarr.json documents),
 """
 
 from wsi_tools.store._codec import COMPRESSIONS, ChunkError, decode_patch, encode_patch
-from wsi_tools.store._format import sanitize_slide_id
+from wsi_tools.store._format import exchange_paths, sanitize_slide_id
 from wsi_tools.store._reader import PatchReader
 from wsi_tools.store._store import PatchStore
 from wsi_tools.store._verify import VerifyReport
@@ -30,5 +30,6 @@ __all__ = [
     "VerifyReport",
     "decode_patch",
     "encode_patch",
+    "exchange_paths",
     "sanitize_slide_id",
 ]

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ class Checkpoint:
     extra_train_negatives: list[list[Any]] = field(default_factory=list)
     store_fingerprint: str | None = None
     tool_version: str = ""
+    # What inference needs to read the pixels the model was trained on (:func:`pixel_recipe`).
+    pixels: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, source: str) -> TrainConfig:
         return TrainConfig.from_mapping(self.config, f"{source} (config)")
@@ -73,6 +75,7 @@ class Checkpoint:
             "extra_train_negatives": self.extra_train_negatives,
             "store_fingerprint": self.store_fingerprint,
             "tool_version": self.tool_version,
+            "pixels": dict(self.pixels),
         }
 
     @classmethod
@@ -96,7 +99,39 @@ class Checkpoint:
             extra_train_negatives=[list(r) for r in payload.get("extra_train_negatives", [])],
             store_fingerprint=payload.get("store_fingerprint"),
             tool_version=str(payload.get("tool_version", "")),
+            pixels=dict(payload.get("pixels", {})),
         )
+
+
+ARCHITECTURE = "resnet18, one logit"
+PIXEL_KEYS = ("target_mpp", "patch_size", "tolerance")  # from the store's slides
+
+
+def pixel_recipe(store: Any, slide_ids: Sequence[str], config: TrainConfig) -> dict[str, Any]:
+    """How the training patches were made and fed to the network: the store's
+    resolution and patch size (where every training slide agrees), the input size,
+    the normalisation and the architecture. A key the slides disagree on, or do
+    not record (an imported PNG dataset), is None: inference then asks for it."""
+    from wsi_tools.train.augment import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+    found: dict[str, set[Any]] = {key: set() for key in PIXEL_KEYS}
+    for slide_id in slide_ids:
+        attrs = store.slide_attrs(slide_id)
+        params = attrs.get("params") or {}
+        found["target_mpp"].add(attrs.get("target_mpp"))
+        found["patch_size"].add(attrs.get("patch_size"))
+        found["tolerance"].add(params.get("tolerance"))
+    recipe: dict[str, Any] = {
+        key: next(iter(values)) if len(values) == 1 else None for key, values in found.items()
+    }
+    recipe.update(
+        input_size=config.input_size,
+        mean=list(IMAGENET_MEAN_RGB),
+        std=list(IMAGENET_STD_RGB),
+        colour="RGB",
+        architecture=ARCHITECTURE,
+    )
+    return recipe
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -83,6 +83,7 @@ from wsi_tools.train.checkpoint import (
     check_store_fingerprint,
     link_or_copy,
     load_checkpoint,
+    pixel_recipe,
     save_checkpoint,
 )
 from wsi_tools.train.config import SPLIT_NAMES, TrainConfig
@@ -294,6 +295,8 @@ class _Run:
         record = checkpoint or Checkpoint(config={}, model={}, splits={})
         record.config, record.splits = self.config.to_dict(), splits
         record.store_fingerprint, record.tool_version = str(store.fingerprint()), __version__
+        train_slides = sorted(slide for slide, split in splits.items() if split == "train")
+        record.pixels = pixel_recipe(store, train_slides, self.config)
         record.extra_train_negatives = [
             [str(s), int(i)] for s, i in zip(extra.slide_ids, extra.indices, strict=True)
         ]

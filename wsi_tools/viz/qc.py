@@ -7,12 +7,13 @@ groups take colours from a palette without those three, so the two never mix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from shapely.geometry.base import BaseGeometry
+
+from wsi_tools.viz._drawing import add_scale_bar, lines_and_points
 
 if TYPE_CHECKING:
     from wsi_tools.annotations import Annotation
@@ -26,24 +27,6 @@ MIN_DISPLAY_PX = 900  # small thumbnails are shown enlarged so lines stay readab
 MIN_WIDTH_INCHES = 7.0  # room for the legend under a narrow slide
 FOOTER_INCHES = 0.8
 DPI = 100
-
-
-def _lines_and_points(geometry: BaseGeometry) -> Iterator[tuple[str, np.ndarray]]:
-    """("line", (N, 2)) for every ring or line and ("point", (1, 2)) for every point."""
-    if geometry is None or geometry.is_empty:
-        return
-    kind = geometry.geom_type
-    if kind == "Polygon":
-        yield "line", np.asarray(geometry.exterior.coords)
-        for interior in geometry.interiors:
-            yield "line", np.asarray(interior.coords)
-    elif kind in ("LineString", "LinearRing"):
-        yield "line", np.asarray(geometry.coords)
-    elif kind == "Point":
-        yield "point", np.asarray(geometry.coords)
-    else:  # Multi* and GeometryCollection
-        for part in geometry.geoms:
-            yield from _lines_and_points(part)
 
 
 def group_colours(annotations: Sequence[Annotation]) -> dict[str, str]:
@@ -96,7 +79,7 @@ def render_overview(
         return points[:, :2] / downsample - 0.5  # level-0 px to thumbnail pixel-centre coordinates
 
     if tissue is not None:
-        rings = [scaled(points) for kind, points in _lines_and_points(tissue.polygon) if kind == "line"]
+        rings = [scaled(points) for kind, points in lines_and_points(tissue.polygon) if kind == "line"]
         axes.add_collection(LineCollection(rings, colors=TISSUE_COLOUR, linewidths=1.2, linestyles="--"))
         area = tissue.area_mm2
         label = "tissue" + (f" ({area:.2f} mm²)" if area is not None else "")
@@ -109,7 +92,7 @@ def render_overview(
             lines: list[np.ndarray] = []
             points: list[np.ndarray] = []
             for annotation in members:
-                for kind, coords in _lines_and_points(annotation.geometry):
+                for kind, coords in lines_and_points(annotation.geometry):
                     (lines if kind == "line" else points).append(scaled(coords))
             if lines:
                 axes.add_collection(LineCollection(lines, colors=colour, linewidths=1.6))
@@ -152,6 +135,8 @@ def render_overview(
                 )
 
     mpp = slide.mpp
+    if mpp is not None:
+        add_scale_bar(axes, mpp[0] * downsample, width)
     heading = title or slide.path.name
     if mpp is not None:
         heading += f"  ·  {mpp[0]:g} µm/px  ·  overview {downsample * mpp[0]:.1f} µm/px"

