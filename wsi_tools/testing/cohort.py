@@ -81,8 +81,10 @@ def _radius_range(value: tuple[float, float]) -> str | None:
 class CohortConfig:
     """Size and make-up of the cohort. Lengths are level-0 px at ``mpp``."""
 
-    n_hard_slides: int = option(12, "annotated slides, split by slide into train/val/test", check=at_least(3))
-    n_weak_slides: int = option(6, "weak slides (no LI, only mimics): the mining pool", check=at_least(1))
+    n_hard_slides: int = option(
+        12, "annotated slides (a pipeline splits them by slide into train/val/test)", check=at_least(1)
+    )
+    n_weak_slides: int = option(6, "weak slides (no LI, only mimics): the mining pool", check=at_least(0))
     width: int = option(8192, "level-0 width in px", check=at_least(1024))
     height: int = option(6144, "level-0 height in px", check=at_least(1024))
     mpp: float = option(0.5, "level-0 µm/px", check=positive)
