@@ -27,10 +27,11 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) benchmarks/extract.py
-	$(PY) benchmarks/batch.py
-	$(PY) benchmarks/loader.py
-	$(PY) benchmarks/mining.py
+	$(PY) benchmarks/record.py extract -- $(PY) benchmarks/extract.py
+	$(PY) benchmarks/record.py batch -- $(PY) benchmarks/batch.py
+	$(PY) benchmarks/record.py loader -- $(PY) benchmarks/loader.py
+	$(PY) benchmarks/record.py mining -- $(PY) benchmarks/mining.py
+	$(PY) benchmarks/render.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

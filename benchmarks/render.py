@@ -188,13 +188,13 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
 
 
 def _replacement(body: str) -> Callable[[re.Match[str]], str]:
-    return lambda match: match.group(1) + body + match.group(2)
+    return lambda match: match.group(1) + body + "\n" + match.group(2)
 
 
 def render(text: str, results: Path) -> str:
     """``text`` with every marked section replaced by what the JSON gives."""
     for name, section in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(\n<!-- /figures:{name} -->)", re.DOTALL)
+        pattern = re.compile(rf"(<!-- figures:{name} -->\n).*?(<!-- /figures:{name} -->)", re.DOTALL)
         if not pattern.search(text):
             raise SystemExit(
                 f"render: README.md has no <!-- figures:{name} --> ... <!-- /figures:{name} --> section"
