@@ -50,7 +50,7 @@ def bench_knn(folder: Path, rows: int, queries: int, dim: int, k: int) -> dict[s
     print(f"(a) wrote {rows} x {dim} features in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     q = rng.standard_normal((queries, dim), dtype=np.float32)
 
-    chunk_rows = default_chunk_rows(queries)
+    chunk_rows = default_chunk_rows(queries, database=database)
     q_tensor = torch.from_numpy(q)
     matmul_s = 0.0
     for start in range(0, rows, chunk_rows):

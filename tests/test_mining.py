@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from wsi_tools.errors import ConfigError
-from wsi_tools.mining.knn import knn_search
+from wsi_tools.mining.knn import default_chunk_rows, knn_search
 from wsi_tools.testing.toy import TOY_TRAIN_KEYS
 
 
@@ -85,6 +85,15 @@ def test_exclusion_mask_and_short_database(features):
     masked = knn_search(queries[:4], database, 3, exclude=exclude)
     assert not np.isin(masked.indices, full.indices[:, 0]).any()
     np.testing.assert_array_equal(masked.indices[:, :2], full.indices[:, 1:])
+    # The same with many small chunks (excluded rows arrive after the running top-k is full).
+    np.testing.assert_array_equal(
+        knn_search(queries[:4], database, 3, exclude=exclude, chunk_rows=97).indices, masked.indices
+    )
+    # Cosine over small chunks, against the single-chunk answer.
+    np.testing.assert_array_equal(
+        knn_search(queries, database, 4, metric="cosine", chunk_rows=61).indices,
+        knn_search(queries, database, 4, metric="cosine", chunk_rows=4096).indices,
+    )
     short = knn_search(queries[:2], database[:2], 4)
     assert (short.indices[:, 2:] == -1).all()
     assert np.isinf(short.distances[:, 2:]).all()
@@ -94,6 +103,9 @@ def test_zarr_database_gives_same_answer(features, tmp_path):
     queries, database = features
     array = zarr.create_array(tmp_path / "f.zarr", shape=database.shape, chunks=(512, 48), dtype="float32")
     array[:] = database
+    # Chunks of the search are whole storage chunks, so none is decoded twice.
+    assert default_chunk_rows(1000, database=array) % 512 == 0
+    assert default_chunk_rows(1000) == default_chunk_rows(1000, database=database)
     from_zarr = knn_search(queries, array, 5, chunk_rows=700)
     from_numpy = knn_search(queries, database, 5)
     np.testing.assert_array_equal(from_zarr.indices, from_numpy.indices)
@@ -137,8 +149,9 @@ class LazyFeatures:
             start, stop, _ = key.indices(self.shape[0])
             self.read_sizes.append(stop - start)
             return self.rows(start, stop)
-        key = np.asarray(key)
-        return np.concatenate([self.rows(int(i), int(i) + 1) for i in key]) if len(key) else self.rows(0, 0)
+        raise AssertionError(
+            f"the search read rows by index ({key!r}): the database must be read once, in slices"
+        )
 
 
 def test_large_search_streams_in_bounded_chunks():
@@ -151,7 +164,7 @@ def test_large_search_streams_in_bounded_chunks():
     tracemalloc.stop()
     full_bytes = n_rows * dim * 4
     assert max(database.read_sizes) <= chunk_rows
-    assert sum(database.read_sizes) == n_rows  # one pass over the database
+    assert sum(database.read_sizes) == n_rows  # one pass over the database, no re-reads by index
     # numpy buffers alive at once: a few chunks, never the 128 MB database.
     assert peak < full_bytes / 10, (peak, full_bytes)
     assert result.indices[0, 0] == 123_456

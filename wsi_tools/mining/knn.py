@@ -4,14 +4,16 @@ The database is anything with ``shape`` and row slicing (a numpy array or
 memmap, a zarr array, a torch tensor): it is read ``chunk_rows`` rows at a
 time, so a weak set of 10^7 embeddings never sits in memory and no full
 queries x database matrix is ever formed. Each chunk is scored with one
-matrix product and reduced with ``torch.topk``; a running top-k per query is
-merged chunk by chunk.
+matrix product; the entries that beat a query's worst kept candidate join
+its running top-k. Chunks follow the database's own storage chunks (zarr), so
+no stored chunk is decoded twice.
 
 L2 ranks by ``|x|^2 - 2 q.x`` (``|q|^2`` is constant per query and does not
 change the order). That expansion loses precision in float32 exactly where it
 matters most, near distance 0, so the search keeps a few spare candidates per
-query and their true distances are recomputed in float64 from the rows
-themselves before the final cut: exact copies come first, at distance 0.
+query, takes their true distances in float64 from the rows themselves while
+each chunk is in memory, and makes the final cut on those: exact copies come
+first, at distance 0, and the database is read once.
 """
 
 from __future__ import annotations
@@ -81,10 +83,14 @@ def _take_rows(database: Any, indices: np.ndarray) -> np.ndarray:
     return np.asarray(database[indices])
 
 
-def default_chunk_rows(n_queries: int, scores_mb: float = DEFAULT_SCORES_MB) -> int:
-    """Database rows per chunk so that the score matrix fits ``scores_mb``."""
-    rows = int(scores_mb * 2**20 / (4 * max(n_queries, 1)))
-    return int(min(max(rows, MIN_CHUNK_ROWS), MAX_CHUNK_ROWS))
+def default_chunk_rows(n_queries: int, scores_mb: float = DEFAULT_SCORES_MB, database: Any = None) -> int:
+    """Database rows per chunk so that the score matrix fits ``scores_mb``,
+    rounded to whole storage chunks when ``database`` is chunked (zarr)."""
+    rows = int(min(max(scores_mb * 2**20 / (4 * max(n_queries, 1)), MIN_CHUNK_ROWS), MAX_CHUNK_ROWS))
+    stored = getattr(database, "chunks", None)
+    if isinstance(stored, tuple) and stored and isinstance(stored[0], int) and stored[0] > 0:
+        rows = max(1, round(rows / stored[0])) * stored[0]
+    return rows
 
 
 def _validate(queries: np.ndarray, database: Any, k: int, metric: str) -> None:
@@ -130,25 +136,66 @@ def knn_search(
         if exclude.shape != (n_database,):
             raise ConfigError(f"exclude mask has shape {exclude.shape}, expected ({n_database},)")
     if chunk_rows is None:
-        chunk_rows = default_chunk_rows(min(len(queries_np), query_rows), scores_mb)
+        chunk_rows = default_chunk_rows(min(len(queries_np), query_rows), scores_mb, database)
     if backend == "faiss":
         return _faiss_search(queries_np, database, k, metric, exclude, chunk_rows)
     if backend != "torch":
         raise ConfigError(f"unknown kNN backend {backend!r}; use torch or faiss")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     n_candidates = min(k + SPARE_CANDIDATES, max(n_database, 1))
-    all_scores: list[np.ndarray] = []
+    all_distances: list[np.ndarray] = []
     all_indices: list[np.ndarray] = []
     for q_start in range(0, len(queries_np), query_rows):
         block = queries_np[q_start : q_start + query_rows]
-        scores, indices = _stream_topk(block, database, n_candidates, metric, exclude, chunk_rows, device)
-        all_scores.append(scores)
+        distances, indices = _stream_topk(block, database, n_candidates, metric, exclude, chunk_rows, device)
+        all_distances.append(distances)
         all_indices.append(indices)
     if not all_indices:
         return KnnResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), metric)
-    candidates = np.concatenate(all_indices)
-    distances = _exact_rerank(queries_np, database, candidates, metric)
-    return _cut(candidates, distances, k, metric)
+    return _cut(np.concatenate(all_indices), np.concatenate(all_distances), k, metric)
+
+
+@dataclass
+class _RunningBest:
+    """The kept candidates of one query block: approximate scores (which decide
+    what is kept), database indices and exact float64 distances (which decide
+    the final order), each ``(Q, n)``."""
+
+    scores: torch.Tensor
+    indices: torch.Tensor
+    exact: torch.Tensor
+
+    def merge(self, scores: torch.Tensor, indices: torch.Tensor, exact: torch.Tensor, keep: int) -> None:
+        merged_scores = torch.cat([self.scores, scores], dim=1)
+        take = min(keep, merged_scores.shape[1])
+        self.scores, order = torch.topk(merged_scores, take, dim=1, largest=False, sorted=False)
+        self.indices = torch.gather(torch.cat([self.indices, indices], dim=1), 1, order)
+        self.exact = torch.gather(torch.cat([self.exact, exact], dim=1), 1, order)
+
+
+def _approximate_scores(q: torch.Tensor, x: torch.Tensor, metric: str) -> torch.Tensor:
+    """Smaller is better: ``|x|^2 - 2 q.x`` (L2 order) or ``-cos`` (``q`` already unit)."""
+    if metric == "cosine":
+        return -(q @ torch.nn.functional.normalize(x, dim=1).T)
+    return torch.addmm((x * x).sum(dim=1)[None, :], q, x.T, beta=1.0, alpha=-2.0)
+
+
+def _exact_distances(
+    q64: torch.Tensor, query_rows: torch.Tensor, x: torch.Tensor, columns: torch.Tensor, metric: str
+) -> torch.Tensor:
+    """Float64 distance (L2) or ``-cos`` of query ``query_rows[i]`` to chunk row
+    ``columns[i]``: the difference itself, so an exact copy is at exactly 0."""
+    out = torch.empty(len(columns), dtype=torch.float64, device=x.device)
+    block = 8_192
+    for start in range(0, len(columns), block):
+        picked = x[columns[start : start + block]].double()
+        queries = q64[query_rows[start : start + block]]
+        if metric == "cosine":
+            norms = (picked.norm(dim=1) * queries.norm(dim=1)).clamp_min(1e-12)
+            out[start : start + block] = -(picked * queries).sum(dim=1) / norms
+        else:
+            out[start : start + block] = (picked - queries).square().sum(dim=1).sqrt()
+    return out
 
 
 def _stream_topk(
@@ -160,32 +207,62 @@ def _stream_topk(
     chunk_rows: int,
     device: torch.device,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Running top-``n_candidates`` of one query block over all chunks; scores
-    are "smaller is better" (``|x|^2 - 2 q.x`` or ``-cos``)."""
+    """The running top-``n_candidates`` of one query block over all chunks,
+    by approximate score, with their exact distances.
+
+    Once every query holds ``n_candidates`` finite candidates, a chunk entry
+    can only enter if it beats its query's worst kept score: one comparison
+    pass finds the few that do (about ``n_candidates * chunk / rows seen`` per
+    query), instead of a ``topk`` over the whole score matrix. Exact
+    distances are taken while the chunk is in memory, so the database is read
+    once.
+    """
     q = _as_float_tensor(queries, device)
+    q64 = q.double()
     if metric == "cosine":
         q = torch.nn.functional.normalize(q, dim=1)
-    best_scores = torch.full((len(q), 0), float("inf"), device=device)
-    best_indices = torch.zeros((len(q), 0), dtype=torch.int64, device=device)
+    n_queries = len(q)
+    best = _RunningBest(
+        torch.zeros((n_queries, 0), device=device),
+        torch.zeros((n_queries, 0), dtype=torch.int64, device=device),
+        torch.zeros((n_queries, 0), dtype=torch.float64, device=device),
+    )
     for start, rows in _chunks(database, chunk_rows):
         x = _as_float_tensor(rows, device)
-        if metric == "cosine":
-            scores = -(q @ torch.nn.functional.normalize(x, dim=1).T)
-        else:
-            scores = torch.addmm((x * x).sum(dim=1)[None, :], q, x.T, beta=1.0, alpha=-2.0)
-        if exclude is not None:
-            banned = torch.from_numpy(exclude[start : start + len(x)]).to(device)
-            scores.masked_fill_(banned[None, :], float("inf"))
-        take = min(n_candidates, scores.shape[1])
-        chunk_scores, chunk_indices = torch.topk(scores, take, dim=1, largest=False, sorted=False)
-        del scores
-        merged_scores = torch.cat([best_scores, chunk_scores], dim=1)
-        merged_indices = torch.cat([best_indices, chunk_indices + start], dim=1)
-        take = min(n_candidates, merged_scores.shape[1])
-        best_scores, order = torch.topk(merged_scores, take, dim=1, largest=False, sorted=False)
-        best_indices = torch.gather(merged_indices, 1, order)
-    best_indices = best_indices.masked_fill(torch.isinf(best_scores), -1)
-    return best_scores.cpu().numpy(), best_indices.cpu().numpy()
+        scores = _approximate_scores(q, x, metric)
+        banned = None if exclude is None else torch.from_numpy(exclude[start : start + len(x)]).to(device)
+        threshold = best.scores.max(dim=1).values if best.scores.shape[1] else None
+        if threshold is None or best.scores.shape[1] < n_candidates or bool(torch.isinf(threshold).any()):
+            # Still filling: take the chunk's own top candidates.
+            if banned is not None:
+                scores.masked_fill_(banned[None, :], float("inf"))
+            take = min(n_candidates, scores.shape[1])
+            chunk_scores, columns = torch.topk(scores, take, dim=1, largest=False, sorted=False)
+            query_rows = torch.arange(n_queries, device=device).repeat_interleave(take)
+            exact = _exact_distances(q64, query_rows, x, columns.reshape(-1), metric).reshape(n_queries, take)
+            exact.masked_fill_(torch.isinf(chunk_scores), float("inf"))
+            best.merge(chunk_scores, columns + start, exact, n_candidates)
+            continue
+        query_rows, columns = torch.nonzero(scores < threshold[:, None], as_tuple=True)
+        if banned is not None:
+            allowed = ~banned[columns]
+            query_rows, columns = query_rows[allowed], columns[allowed]
+        if not len(columns):
+            continue
+        # Pad the entrants into a (Q, most per query) block; nonzero is row-major.
+        counts = torch.bincount(query_rows, minlength=n_queries)
+        slot = torch.arange(len(columns), device=device) - (torch.cumsum(counts, 0) - counts)[query_rows]
+        width = int(counts.max())
+        new_scores = torch.full((n_queries, width), float("inf"), device=device)
+        new_indices = torch.full((n_queries, width), -1, dtype=torch.int64, device=device)
+        new_exact = torch.full((n_queries, width), float("inf"), dtype=torch.float64, device=device)
+        new_scores[query_rows, slot] = scores[query_rows, columns]
+        new_indices[query_rows, slot] = columns + start
+        new_exact[query_rows, slot] = _exact_distances(q64, query_rows, x, columns, metric)
+        best.merge(new_scores, new_indices, new_exact, n_candidates)
+    indices = best.indices.masked_fill(torch.isinf(best.scores), -1)
+    exact = best.exact.masked_fill(indices < 0, float("inf"))
+    return exact.cpu().numpy(), indices.cpu().numpy()
 
 
 def _exact_rerank(
