@@ -103,6 +103,8 @@ def export_png(
     missing = sorted(set(chosen) - set(store.slide_ids()))
     if missing:
         raise ConfigError(f"{store.path}: no complete slide named {', '.join(missing)}")
+    for slide_id in chosen:  # before any file is written
+        store.check_small_arrays(slide_id)
     out_dir = Path(out_dir)
     for sub in (HARD_DIR, WEAK_DIR):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -262,10 +262,9 @@ def _skipped_outcomes(
     store: Any, outcomes: dict[str, SlideOutcome], settings: Mapping[str, Any], warnings: list[str]
 ) -> set[str]:
     """Mark slides the store holds complete as skipped; warn where settings differ."""
-    complete = set(store.slide_ids())
     skipped = set()
     for slide_id, outcome in outcomes.items():
-        if slide_id not in complete:
+        if not store.is_complete(slide_id):  # a damaged slide is extracted again
             continue
         skipped.add(slide_id)
         store.remove_leftovers(slide_id)  # as extract_slide does for a complete slide

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -69,6 +70,14 @@ def read_json(path: Path) -> dict[str, Any]:
     return document
 
 
+def read_attributes(path: Path) -> dict[str, Any]:
+    """The ``attributes`` object of a group's zarr.json; damage is a StoreError."""
+    attributes = read_json(path).get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise StoreError(f"{path}: damaged metadata (attributes is not an object); re-extract or restore it")
+    return attributes
+
+
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
     temporary.write_text(json.dumps(document, indent=2, default=json_default), encoding="utf-8")
@@ -125,18 +134,30 @@ def array_meta(
     }
 
 
+def small_chunk_path(array_dir: Path, chunk: int, ndim: int) -> Path:
+    """Where chunk ``chunk`` of a small array lives (``c/<chunk>/0...`` for trailing dimensions)."""
+    return array_dir.joinpath("c", str(chunk), *(["0"] * (ndim - 1)))
+
+
+def small_array_digest(values: np.ndarray) -> str:
+    """sha256 (16 hex digits) of an array's little-endian bytes. Written into the
+    slide's attributes at commit: a chunk that zarr fills with zeros (a deleted
+    file) or one replaced by another slide's cannot pass it."""
+    little = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
+    return hashlib.sha256(little.tobytes()).hexdigest()[:16]
+
+
 def write_small_chunks(array_dir: Path, values: np.ndarray, chunk_rows: int) -> None:
     """Chunks of ``chunk_rows`` rows (the last one padded with the fill value 0,
     as the regular chunk grid stores it): little-endian bytes, zstd, crc32c."""
     import imagecodecs
 
-    trailing = ["0"] * (values.ndim - 1)
     little = values.astype(values.dtype.newbyteorder("<"), copy=False)
     for chunk, start in enumerate(range(0, len(values), chunk_rows)):
         block = np.zeros((chunk_rows, *values.shape[1:]), little.dtype)
         piece = little[start : start + chunk_rows]
         block[: len(piece)] = piece
-        path = array_dir.joinpath("c", str(chunk), *trailing)
+        path = small_chunk_path(array_dir, chunk, values.ndim)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(
             _codec.checksummed(bytes(imagecodecs.zstd_encode(block.tobytes(), level=SMALL_ZSTD_LEVEL)))

@@ -24,11 +24,15 @@ from wsi_tools.store._format import (
     OLD_PREFIX,
     SCHEMA,
     SLIDES_GROUP,
+    SMALL_ARRAYS,
     STATUS_COMPLETE,
     group_meta,
     quiet_numcodecs,
+    read_attributes,
     read_json,
     sanitize_slide_id,
+    small_array_digest,
+    small_chunk_path,
     write_json_atomic,
 )
 from wsi_tools.store._reader import PatchReader
@@ -59,10 +63,14 @@ class PatchStore:
                 f"{self.path} is not a patch store (no zarr.json); create one with "
                 f"wsi-tools extract SLIDE --out {self.path}"
             )
-        attrs = read_json(root_meta).get("attributes", {})
+        attrs = read_attributes(root_meta)
         if attrs.get("schema") != SCHEMA:
             raise StoreError(
                 f"{self.path} is a zarr store but not a {SCHEMA} (schema={attrs.get('schema')!r})"
+            )
+        if not isinstance(attrs.get("version", 0), int):
+            raise StoreError(
+                f"{self.path}/zarr.json: damaged (version {attrs.get('version')!r} is not a number)"
             )
         if int(attrs.get("version", 0)) > FORMAT_VERSION:
             raise StoreError(
@@ -94,7 +102,7 @@ class PatchStore:
         return self.path / SLIDES_GROUP
 
     def attrs(self) -> dict[str, Any]:
-        return read_json(self.path / "zarr.json").get("attributes", {})
+        return read_attributes(self.path / "zarr.json")
 
     # ---- reading -------------------------------------------------------------
 
@@ -109,16 +117,30 @@ class PatchStore:
 
     def _status(self, name: str) -> str | None:
         try:
-            return read_json(self.slides_dir / name / "zarr.json").get("attributes", {}).get("status")
+            return read_attributes(self.slides_dir / name / "zarr.json").get("status")
         except (OSError, StoreError):
             return None
 
     def slide_ids(self, include_incomplete: bool = False) -> list[str]:
-        """Visible slide groups; only complete ones unless ``include_incomplete``."""
+        """Visible slide groups; only complete ones unless ``include_incomplete``.
+
+        A slide whose ``zarr.json`` is damaged is an error, not a slide left out:
+        a run that quietly trains or exports without it looks like a good run."""
         names = [name for name in self._group_names() if not name.startswith(".")]
         if include_incomplete:
             return names
-        return [name for name in names if self._status(name) == STATUS_COMPLETE]
+        complete = []
+        for name in names:
+            try:
+                status = read_attributes(self.slides_dir / name / "zarr.json").get("status")
+            except (OSError, StoreError) as error:
+                raise StoreError(
+                    f"slide {name!r} of {self.path} is damaged: {error} (wsi-tools verify {self.path} "
+                    "lists every damaged slide)"
+                ) from None
+            if status == STATUS_COMPLETE:
+                complete.append(name)
+        return complete
 
     def leftovers(self, slide_id: str | None = None) -> list[str]:
         """Temporary groups of interrupted writes (or of writes in progress elsewhere)."""
@@ -176,7 +198,7 @@ class PatchStore:
         return group
 
     def slide_attrs(self, slide_id: str) -> dict[str, Any]:
-        return read_json(self._require_slide(slide_id) / "zarr.json").get("attributes", {})
+        return read_attributes(self._require_slide(slide_id) / "zarr.json")
 
     def _open_array(self, slide_id: str, name: str) -> zarr.Array:
         import zarr
@@ -190,13 +212,63 @@ class PatchStore:
         return self._open_array(slide_id, "images")
 
     def coords(self, slide_id: str) -> np.ndarray:
-        return np.asarray(self._open_array(slide_id, "coords")[:])
+        """(N, 2) int64 level-0 top-left corners."""
+        return self._small_array(slide_id, "coords")
 
     def labels(self, slide_id: str) -> np.ndarray:
-        return np.asarray(self._open_array(slide_id, "labels")[:])
+        """(N,) int8 labels."""
+        return self._small_array(slide_id, "labels")
 
     def tissue_fraction(self, slide_id: str) -> np.ndarray:
-        return np.asarray(self._open_array(slide_id, "tissue_fraction")[:])
+        """(N,) float32 tissue fractions."""
+        return self._small_array(slide_id, "tissue_fraction")
+
+    def check_small_arrays(self, slide_id: str) -> None:
+        """Raise :class:`StoreError` unless every small array of the slide is whole."""
+        for name in SMALL_ARRAYS:
+            self._small_array(slide_id, name)
+
+    def _small_array(self, slide_id: str, name: str) -> np.ndarray:
+        """A small array, refused unless it is whole: zarr reads a missing chunk as
+        its fill value, so a deleted ``labels`` chunk would turn positives into
+        negatives and a deleted ``coords`` chunk would put every patch at 0-0.
+        Every chunk must exist and decode, and the values must match the digest
+        written at commit (slides written before digests existed: chunks only)."""
+        group = self._require_slide(slide_id)
+        where = f"{self.path}: slide {slide_id!r}, array {name!r}"
+        fix = "re-extract the slide (wsi-tools extract ... --overwrite) or restore it from a copy"
+        attrs = self.slide_attrs(slide_id)
+        try:
+            meta = read_json(group / name / "zarr.json")
+            shape = [int(size) for size in meta["shape"]]
+            chunk_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            if not shape or chunk_rows < 1:
+                raise ValueError(f"shape {shape}, chunk rows {chunk_rows}")
+        except FileNotFoundError:
+            raise StoreError(f"{where}: missing (no zarr.json); {fix}") from None
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise StoreError(f"{where}: damaged metadata ({type(error).__name__}: {error}); {fix}") from None
+        n_chunks = -(-shape[0] // chunk_rows)
+        missing = [c for c in range(n_chunks) if not small_chunk_path(group / name, c, len(shape)).is_file()]
+        if missing:
+            raise StoreError(
+                f"{where}: chunk c/{missing[0]} is missing ({len(missing)} of {n_chunks} chunks), so its "
+                f"rows would read as zeros; {fix}"
+            )
+        try:
+            values = np.asarray(self._open_array(slide_id, name)[:])
+        except Exception as error:  # zarr raises ValueError on a crc mismatch, others on damage
+            raise StoreError(f"{where}: unreadable ({type(error).__name__}: {error}); {fix}") from None
+        n_patches = attrs.get("n_patches")
+        if isinstance(n_patches, int) and len(values) != n_patches:
+            raise StoreError(f"{where}: {len(values)} rows but the slide has {n_patches} patches; {fix}")
+        recorded = (attrs.get("small_arrays") or {}).get(name)
+        if recorded is not None and small_array_digest(values) != recorded:
+            raise StoreError(
+                f"{where}: its values differ from the digest written when the slide was committed "
+                f"(a chunk was replaced or damaged); {fix}"
+            )
+        return values
 
     def n_patches(self, slide_id: str) -> int:
         return int(self._image_meta(slide_id)["shape"][0])

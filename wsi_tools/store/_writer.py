@@ -30,6 +30,7 @@ from wsi_tools.store._format import (
     group_meta,
     jsonable,
     read_json,
+    small_array_digest,
     write_json,
     write_json_atomic,
     write_small_chunks,
@@ -285,13 +286,15 @@ class SlideWriter:
                 self._advance(shard, wait=True)
             if self._shards:  # cannot happen once every patch is written; never commit a short shard
                 raise StoreError(f"slide {self.slide_id!r}: shards {sorted(self._shards)} incomplete")
-            for name, values in (
-                ("coords", self._coords),
-                ("labels", self._labels),
-                ("tissue_fraction", self._tissue),
-            ):
+            small: dict[str, np.ndarray] = {
+                "coords": self._coords,
+                "labels": self._labels,
+                "tissue_fraction": self._tissue,
+            }
+            for name, values in small.items():
                 write_small_chunks(self.group_dir / name, values, self._small_rows)
             self.attrs.update(extra_attrs or {})
+            self.attrs["small_arrays"] = {name: small_array_digest(values) for name, values in small.items()}
             self.attrs.update(
                 {
                     "status": STATUS_COMPLETE,
