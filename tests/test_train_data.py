@@ -195,15 +195,30 @@ def test_subsampling_is_seeded_and_can_target_positives(store_path: Path) -> Non
 
 
 def test_labels_other_than_0_and_1_are_refused_naming_the_slide(tmp_path: Path) -> None:
-    import zarr
-
+    from wsi_tools.store import PatchStore
     from wsi_tools.train.tables import split_table
 
-    store_path = write_toy_store(
-        tmp_path / "s.zarr", [("h0", "hard", 6, 2), ("h1", "hard", 6, 2)], patch_size=16
+    store_path = write_toy_store(tmp_path / "s.zarr", [("h0", "hard", 6, 2)], patch_size=16)
+    # A slide written, digest and all, with a third class from a label map such as
+    # {LI: 1, tumour: 2}: the store holds it faithfully; the binary trainer must refuse it.
+    writer = PatchStore(store_path, mode="a").begin_slide(
+        "h1",
+        6,
+        16,
+        {
+            "set": "hard",
+            "source": "toy://h1",
+            "fingerprint": "toy-h1",
+            "mpp": 0.5,
+            "target_mpp": 2.0,
+            "effective_mpp": 2.0,
+            "patch_size": 16,
+        },
     )
-    labels = zarr.open_array(store_path / "slides" / "h1" / "labels", mode="r+")
-    labels[0] = 2  # a third class from a label map such as {LI: 1, tumour: 2}
+    coords = np.stack([np.arange(6) * 64, np.zeros(6)], axis=1).astype(np.int64)
+    labels = np.array([2, 1, 0, 0, 1, 0], dtype=np.int8)
+    writer.write(0, np.zeros((6, 16, 16, 3), np.uint8), coords, labels, np.ones(6, np.float32))
+    writer.commit({"counts": {"kept": 6, "positive": 2}})
     store = open_store(store_path)
     assert len(split_table(store, {"h0": "train", "h1": "test"}, "train")) == 6
     with pytest.raises(ConfigError, match=r"slide 'h1' has patches labelled \[2\].*binary"):
