@@ -36,6 +36,11 @@ class ConfigError(WsiToolsError):
     """A configuration file, manifest or argument is invalid."""
 
 
+class ModelError(WsiToolsError):
+    """A checkpoint or a model's numbers cannot be trusted: weights that fail their
+    checksum, non-finite weights, or a non-finite loss or output."""
+
+
 class SplitLeakError(ConfigError):
     """A rule that keeps evaluation honest would be broken: a slide in two splits, or a
     validation or test patch trained on, mined, or used as a false-positive query.

@@ -14,6 +14,7 @@ run re-spans the curve by changing its length, with no scheduler surgery.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from wsi_tools.errors import ConfigError, StoreError
+from wsi_tools.errors import ConfigError, ModelError, StoreError
 from wsi_tools.train.config import TrainConfig
 
 CHECKPOINT_FORMAT = "wsi-tools/checkpoint"
@@ -76,6 +77,7 @@ class Checkpoint:
             "store_fingerprint": self.store_fingerprint,
             "tool_version": self.tool_version,
             "pixels": dict(self.pixels),
+            "model_sha256": tensors_digest(self.model),
         }
 
     @classmethod
@@ -134,8 +136,44 @@ def pixel_recipe(store: Any, slide_ids: Sequence[str], config: TrainConfig) -> d
     return recipe
 
 
+def tensors_digest(state: Mapping[str, Any]) -> str:
+    """sha256 of a state dict: every entry's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def check_model_state(path: str | Path, state: Any, recorded_digest: Any) -> None:
+    """Refuse weights that fail the checksum written with them, or that are not
+    finite (a NaN model scores nothing positive, so mining would find 0 false
+    positives and exit 0)."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: the checkpoint's model is not a state dict of tensors; it is damaged")
+    if recorded_digest is not None and tensors_digest(state) != recorded_digest:
+        raise ModelError(
+            f"{path}: the model weights do not match the checksum written with them, so the file "
+            "was damaged or edited after training; use the run's other checkpoint (best.pt or "
+            "last.pt) or train again"
+        )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(
+                f"{path}: weight {name!r} holds NaN or infinite values; the run diverged or the "
+                "file is damaged (train again, with a lower --set lr=...)"
+            )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, loaded with ``weights_only=True`` (no code runs on load)."""
+    """The checkpoint dict, loaded with ``weights_only=True`` (no code runs on load);
+    its weights checked against their checksum and for non-finite values."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: checkpoint not found; give a best.pt or last.pt from a run folder")
@@ -147,6 +185,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: not a wsi-tools checkpoint (expected best.pt or last.pt from `wsi-tools train`)"
         )
+    if "model" in checkpoint:
+        check_model_state(path, checkpoint["model"], checkpoint.get("model_sha256"))
     return checkpoint
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from wsi_tools.errors import ModelError
 from wsi_tools.train.augment import BatchTransform
 from wsi_tools.train.checkpoint import load_checkpoint
 from wsi_tools.train.config import TrainConfig
@@ -112,7 +113,19 @@ def score_table(
         dataset.close()
     if not outputs:
         return np.zeros((0, EMBED_DIM) if output == "embeddings" else (0,), dtype=np.float32)
-    return torch.cat(outputs).numpy()
+    result = torch.cat(outputs).numpy()
+    check_finite_outputs(result, output)
+    return result
+
+
+def check_finite_outputs(values: np.ndarray, what: str) -> None:
+    """A NaN logit compares false with every threshold: it would read as "negative"."""
+    bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad_rows.any():
+        raise ModelError(
+            f"the model gave non-finite {what} for {int(bad_rows.sum())} of {len(values)} patches; "
+            "its weights or its input are damaged"
+        )
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ instead of copying the loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from wsi_tools.errors import ModelError
 from wsi_tools.train.augment import BatchTransform
 from wsi_tools.train.checkpoint import CosineSchedule
 from wsi_tools.train.config import TrainConfig
@@ -77,7 +79,13 @@ def train_one_epoch(
         seen += len(y)
         if batch_index % 20 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{schedule.last_lr:.2e}")
-    return float(loss_sum) / max(seen, 1), seen
+    mean_loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise ModelError(
+            f"{desc}: the training loss is {mean_loss} (the run diverged); train again with a lower "
+            "learning rate (--set lr=...) or check the store with wsi-tools verify"
+        )
+    return mean_loss, seen
 
 
 def validation_loss(
