@@ -49,6 +49,7 @@ class BatchOptions:
     timeout: float | None = None  # seconds per slide attempt; None = no limit
     retries: int = 1  # extra attempts after transient-looking errors only
     overwrite: bool = False  # re-extract slides the store already holds complete
+    check: bool = False  # run check_slide on each slide file before extracting it
     qc_dir: str | None = None  # a QC overview PNG per slide
     progress: bool = True
 
@@ -75,6 +76,7 @@ class SlideJob:
     overwrite: bool
     qc_dir: str | None
     timeout: float | None
+    check: bool = False
 
 
 def available_cores() -> int:
@@ -91,6 +93,8 @@ def extract_job(job: SlideJob, extract_fn: Callable[..., Any] | None = None) -> 
 
         extract_fn = extract_slide
     config = extraction_config(job.settings, job.set, job.slide_mpp)
+    if job.check:
+        _preflight(job.slide_path)
     result = extract_fn(
         job.slide_path,
         job.store_path,
@@ -107,6 +111,19 @@ def extract_job(job: SlideJob, extract_fn: Callable[..., Any] | None = None) -> 
         "counts": _plain(result.counts),
         "seconds": float(result.seconds),
     }
+
+
+def _preflight(slide_path: str) -> None:
+    from wsi_tools.errors import SlideReadError
+    from wsi_tools.slide import check_slide
+
+    checked = check_slide(slide_path)
+    if not checked.ok:
+        more = f" (and {len(checked.problems) - 1} more)" if len(checked.problems) > 1 else ""
+        raise SlideReadError(
+            f"{slide_path}: failed the preflight check (batch --check): {checked.problems[0]}{more}; "
+            "nothing was extracted from it"
+        )
 
 
 def slide_task(job: SlideJob, extract_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
@@ -197,6 +214,7 @@ def _job(entry: ManifestEntry, store_path: Path, settings: dict[str, Any], optio
         overwrite=options.overwrite,
         qc_dir=options.qc_dir,
         timeout=options.timeout,
+        check=options.check,
     )
 
 

@@ -95,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument(
         "--overwrite", action="store_true", help="extract again slides the store already holds complete"
     )
+    cluster.add_argument(
+        "--check",
+        action="store_true",
+        help="check each slide file first as wsi-tools check does (structure, sampled tiles decoded "
+        "strictly); a damaged one fails before extraction (default: off)",
+    )
     cluster.add_argument("--qc", type=Path, help="folder for one QC overview PNG per slide (default: none)")
     cluster.add_argument(
         "--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)"
@@ -141,6 +147,7 @@ def _batch(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         retries=args.retries,
         overwrite=args.overwrite,
+        check=args.check,
         qc_dir=str(args.qc.resolve()) if args.qc else None,
         progress=not args.no_progress,
     )

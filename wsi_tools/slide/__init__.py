@@ -20,9 +20,12 @@ The package: ``_protocol`` (the :class:`SlideBackend` protocol every reader
 meets), one backend per file (``_openslide``, ``_tiffslide``, with
 ``_tile_decoder``, the fast path under tiffslide), ``_registry`` (which
 backend opens which file), ``_metadata`` (MPP and vendor from the
-properties, the file fingerprint) and ``_slide`` (:class:`Slide`).
+properties, the file fingerprint), ``_slide`` (:class:`Slide`), ``_tiff_check``
+(what a TIFF's structure and tiles tell about damage) and ``_check``
+(:func:`check_slide`, the preflight behind ``wsi-tools check``).
 """
 
+from wsi_tools.slide._check import SlideCheck, check_slide
 from wsi_tools.slide._metadata import file_fingerprint
 from wsi_tools.slide._protocol import SlideBackend
 from wsi_tools.slide._registry import BACKENDS, READER_CHOICES, TIFF_SUFFIXES, open_backend
@@ -35,6 +38,8 @@ __all__ = [
     "TIFF_SUFFIXES",
     "Slide",
     "SlideBackend",
+    "SlideCheck",
+    "check_slide",
     "file_fingerprint",
     "open_backend",
     "open_slide",

@@ -8,6 +8,7 @@ from pathlib import Path
 from wsi_tools.errors import ConfigError, UnsupportedSlideError
 from wsi_tools.slide._openslide import OpenSlideBackend
 from wsi_tools.slide._protocol import SlideBackend
+from wsi_tools.slide._tiff_check import check_tiff_structure
 from wsi_tools.slide._tiffslide import TiffSlideBackend
 
 BACKENDS: tuple[str, ...] = ("openslide", "tiffslide")
@@ -34,6 +35,7 @@ def backend_order(path: Path, backend: str) -> tuple[str, ...]:
 def open_backend(path: Path, backend: str) -> SlideBackend:
     if not path.is_file():
         raise UnsupportedSlideError(f"{path}: no such slide file; check the path")
+    check_tiff_structure(path)  # a truncated TIFF is refused here, whichever backend reads it
     failures: list[str] = []
     for name in backend_order(path, backend):
         try:

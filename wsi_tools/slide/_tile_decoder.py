@@ -11,6 +11,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsi_tools.slide._tiff_check import check_tile_bytes
+
 
 class TileDecoder:
     """Tiled RGB levels decoded tile by tile straight from the file.
@@ -60,11 +62,18 @@ class TileDecoder:
         """Tile ``index`` of ``level`` as (tile height, tile width, 3), padding included."""
         page, decode, fd = self.levels[level], self._decoders[level], self._fd
         assert page is not None and decode is not None and fd is not None
-        count = page.databytecounts[index]
+        count = int(page.databytecounts[index])
         data = os.pread(fd, count, page.dataoffsets[index]) if count else None
-        tile = decode(data, index, jpegtables=page.jpegtables)[0]
-        if tile is None:
-            raise ValueError(f"tile {index} of level {level} did not decode")
+        problem = "it has no bytes" if data is None else check_tile_bytes(data, count, int(page.compression))
+        if problem is None:
+            tile = decode(data, index, jpegtables=page.jpegtables)[0]
+            problem = None if tile is not None else "it did not decode"
+        if problem is not None:
+            across = -(-page.imagewidth // page.tilewidth)
+            raise ValueError(
+                f"tile {index} of level {level} (column {index % across}, row {index // across}) is "
+                f"damaged: {problem}"
+            )
         return tile.reshape(page.tilelength, page.tilewidth, 3)
 
     def read_windows(
