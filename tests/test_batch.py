@@ -168,7 +168,7 @@ def test_a_rerun_changes_nothing(mixed_run: tuple[Path, int, dict], archive: Pat
     assert PatchStore(store_path).fingerprint() == before_fingerprint
 
 
-def test_complete_slides_are_skipped_without_a_cluster_and_changed_settings_are_flagged(
+def test_complete_slides_are_skipped_without_a_cluster_and_changed_settings_are_refused(
     mixed_run: tuple[Path, int, dict], archive: Path
 ) -> None:
     store_path = mixed_run[0]
@@ -177,12 +177,17 @@ def test_complete_slides_are_skipped_without_a_cluster_and_changed_settings_are_
     # An unreachable scheduler proves no cluster is needed when nothing is left to do.
     options = BatchOptions(scheduler="tcp://127.0.0.1:9", progress=False)
     report = run_batch(archive / "good.csv", store_path, settings, options)
-    assert report.exit_code == 0 and {o.status for o in report.slides} == {"skipped"}
-    assert len(report.warnings) == len(GOOD)
+    # Skipping would keep 64 px patches under a run that asked for 32 px ones.
+    assert report.exit_code == 3 and {o.status for o in report.slides} == {"failed"}
     assert all(
-        "patch_size 64 (now 32)" in warning and "--overwrite" in warning for warning in report.warnings
+        o.error_type == "ConfigError"
+        and "patch_size 64 (now 32)" in str(o.error)
+        and "--overwrite" in str(o.error)
+        for o in report.slides
     )
     assert file_states(store_path) == before
+    same = run_batch(archive / "good.csv", store_path, load_settings(None, SETTINGS), options)
+    assert same.exit_code == 0 and {o.status for o in same.slides} == {"skipped"}
 
 
 @pytest.mark.parametrize(
@@ -202,12 +207,40 @@ def test_every_output_changing_setting_is_compared_on_a_rerun(
     settings = load_settings(None, {**SETTINGS, **changed})
     options = BatchOptions(scheduler="tcp://127.0.0.1:9", progress=False)
     report = run_batch(archive / "good.csv", mixed_run[0], settings, options)
-    assert {o.status for o in report.slides} == {"skipped"}
-    assert len(report.warnings) == len(GOOD) and all(expected in warning for warning in report.warnings)
+    assert {o.status for o in report.slides} == {"failed"}
+    assert all(expected in str(o.error) for o in report.slides)
     threads_only = run_batch(
         archive / "good.csv", mixed_run[0], load_settings(None, {**SETTINGS, "threads": 3}), options
     )
-    assert threads_only.warnings == []  # how fast, not what: never flagged
+    assert {o.status for o in threads_only.slides} == {"skipped"}  # how fast, not what: never flagged
+
+
+def test_a_rerun_with_another_slide_file_or_a_corrected_xml_is_refused(
+    mixed_run: tuple[Path, int, dict], archive: Path, tmp_path: Path
+) -> None:
+    """Under an existing slide id, another slide file or a corrected annotation file
+    must not be skipped as "already complete": the store would keep the old result."""
+    store_path = mixed_run[0]
+    before = file_states(store_path)
+    other_slide = write_aperio_svs(tmp_path / "other.svs", synthetic_tissue(2048, 2048, seed=9), mpp=0.5)
+    corrected = tmp_path / "corrected.xml"
+    corrected.write_bytes((archive / "hard_a.xml").read_bytes().replace(b'"300', b'"310'))
+    manifest = _write_manifest(
+        tmp_path / "changed.csv",
+        [
+            (str(other_slide), "weak", "", "weak_a"),
+            (str(archive / "hard_a.svs"), "hard", str(corrected), "hard_a", "", "test"),
+            (str(archive / "big.svs"), "weak", "", "big", "", "train"),  # unchanged: skipped
+        ],
+    )
+    options = BatchOptions(scheduler="tcp://127.0.0.1:9", progress=False)
+    report = run_batch(manifest, store_path, load_settings(None, SETTINGS), options)
+    outcome = {o.slide_id: o for o in report.slides}
+    assert report.exit_code == 3 and outcome["big"].status == "skipped"
+    assert outcome["weak_a"].status == "failed" and "the slide file" in str(outcome["weak_a"].error)
+    assert str(other_slide) in str(outcome["weak_a"].error)
+    assert outcome["hard_a"].status == "failed" and "the annotation file" in str(outcome["hard_a"].error)
+    assert file_states(store_path) == before
 
 
 def test_one_and_two_workers_give_the_same_store(

@@ -47,8 +47,9 @@ import hashlib
 import math
 import threading
 import time
+import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ import shapely
 from shapely.geometry import box
 
 from wsi_tools import __version__
-from wsi_tools.errors import ConfigError
+from wsi_tools.errors import AnnotationError, ConfigError
 from wsi_tools.geometry import ReadPlan, TilingConfig, centred_window, grid_origins, row_spans
 from wsi_tools.options import (
     at_least,
@@ -347,6 +348,101 @@ def _annotation_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _refuse_annotations_for_another_slide(
+    counts: Mapping[str, int], slide_path: Path, annotation_path: Path, dimensions: tuple[int, int]
+) -> None:
+    """Most annotations outside the slide: the XML was drawn on another slide (or
+    at another level's scale), and extracting the few left would hide that."""
+    total, outside = counts.get("annotations", 0), counts.get("dropped_outside_slide", 0)
+    if total and outside * 2 > total:
+        raise AnnotationError(
+            f"{annotation_path}: {outside} of {total} labelled annotations lie outside the slide "
+            f"{slide_path} ({dimensions[0]}x{dimensions[1]} px at level 0); is it the annotation file "
+            "of another slide? Check the manifest's pairing (coordinates must be level-0 px)"
+        )
+
+
+def why_empty(counts: Mapping[str, int]) -> str:
+    """Why a slide kept no patch, from its counts: the largest drop reasons first."""
+    if counts.get("grid_windows") == 0:
+        return "the slide is smaller than one window at this resolution and patch size"
+    if counts.get("annotations") == 0:
+        return "the annotation file has no labelled annotation"
+    dropped = sorted(
+        (
+            (value, key.removeprefix("dropped_"))
+            for key, value in counts.items()
+            if key.startswith("dropped_") and value
+        ),
+        reverse=True,
+    )
+    return (
+        "dropped: " + ", ".join(f"{reason} {value}" for value, reason in dropped) if dropped else "no window"
+    )
+
+
+def stored_slide_id(slide_id: str | None, slide_path: Path) -> str:
+    """The id a slide is stored under; a warning when it is not the one given."""
+    given = slide_id if slide_id is not None else slide_path.stem
+    stored = sanitize_slide_id(given)
+    if slide_id is not None and stored != given:
+        warnings.warn(
+            f"slide id {given!r} is stored as {stored!r} (path separators, '..' and leading dots "
+            "are not allowed in a slide id)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return stored
+
+
+def changes_since_extraction(
+    attrs: Mapping[str, Any], slide_path: Path, annotation_path: str | Path | None, config: ExtractionConfig
+) -> list[str]:
+    """What differs between a complete slide's provenance and extracting ``slide_path``
+    now: the slide file, the annotation file, or a setting that changes the output.
+    Empty when a rerun may skip it. Slides written before a field was recorded are
+    compared on the fields they have."""
+    from wsi_tools.options import output_keys
+    from wsi_tools.slide import file_fingerprint
+
+    changed: list[str] = []
+    stored_fingerprint = attrs.get("fingerprint")
+    if stored_fingerprint and file_fingerprint(slide_path) != stored_fingerprint:
+        changed.append(
+            f"the slide file: {slide_path} is not the file it was extracted from "
+            f"({attrs.get('source')}, fingerprint {str(stored_fingerprint)[:24]}...)"
+        )
+    stored_annotations = attrs.get("annotations")
+    if annotation_path is not None and "annotations_sha256" in attrs:
+        annotation_path = Path(annotation_path)
+        recorded = attrs.get("annotations_sha256")
+        if recorded is None:
+            changed.append(f"the annotations: it was extracted without any, now {annotation_path}")
+        elif annotation_path.is_file() and _annotation_digest(annotation_path) != recorded:
+            changed.append(
+                f"the annotation file: {annotation_path} differs from the one it was extracted with "
+                f"({stored_annotations}, sha256 {recorded}...)"
+            )
+    elif annotation_path is None and stored_annotations:
+        changed.append(f"the annotations: it was extracted with {stored_annotations}, now none")
+    stored = attrs.get("params") or {}
+    now = config.as_dict()
+    changed += [
+        f"{key} {stored[key]!r} (now {now[key]!r})"
+        for key in output_keys(ExtractionConfig)
+        if key in stored and key in now and stored[key] != now[key]
+    ]
+    return changed
+
+
+def already_extracted_message(store_path: Path, slide_id: str, changed: Sequence[str]) -> str:
+    return (
+        f"{store_path}: slide {slide_id!r} is already in the store, extracted from other inputs: "
+        f"{'; '.join(changed)}. Pass --overwrite to replace it, or give this slide another id "
+        "(--slide-id, or the manifest's slide_id column)"
+    )
+
+
 def _load_annotations(
     annotation_path: Path, config: ExtractionConfig, dimensions: tuple[int, int]
 ) -> tuple[AnnotationSet, LabeledAnnotations]:
@@ -383,15 +479,18 @@ def extract_slide(
     started_clock = time.perf_counter()
     started = now_iso()
     slide_path = Path(slide_path)
-    slide_id = sanitize_slide_id(slide_id if slide_id is not None else slide_path.stem)
+    slide_id = stored_slide_id(slide_id, slide_path)
     if config.set == "hard" and annotation_path is None:
         raise ConfigError(f"{slide_path}: the hard set needs annotations; pass --annotations XML")
     # A new store is created only once every input has passed its checks: a bad slide,
     # MPP or annotation file leaves nothing on disk. An existing one is opened now, to skip.
     store = PatchStore(store_path, mode="a") if Path(store_path).exists() else None
-    if store is not None and store.is_complete(slide_id) and not overwrite:
-        store.remove_leftovers(slide_id)
+    if store is not None and store.is_complete(slide_id) and not overwrite and slide_path.is_file():
         attrs = store.slide_attrs(slide_id)
+        changed = changes_since_extraction(attrs, slide_path, annotation_path, config)
+        if changed:
+            raise ConfigError(already_extracted_message(store.path, slide_id, changed))
+        store.remove_leftovers(slide_id)
         return SlideResult(
             slide_id,
             "skipped",
@@ -411,8 +510,11 @@ def extract_slide(
             annotations, labeled = _load_annotations(annotation_path, config, slide.dimensions)
         tissue = detect_tissue(slide, target_mpp=TISSUE_MPP)
         if config.set == "hard":
-            assert labeled is not None
+            assert labeled is not None and annotation_path is not None
             windows = hard_windows(labeled, extent, slide.dimensions, tissue, cover=config.cover)
+            _refuse_annotations_for_another_slide(
+                windows.counts, slide_path, annotation_path, slide.dimensions
+            )
         else:
             tiling = TilingConfig(config.target_mpp, config.patch_size, config.tolerance)
             excluded = labeled.excluded_geometry if labeled is not None else None

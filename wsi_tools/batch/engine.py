@@ -32,7 +32,7 @@ from typing import Any
 from wsi_tools.batch.isolate import run_isolated
 from wsi_tools.batch.manifest import Manifest, ManifestEntry, read_manifest
 from wsi_tools.batch.report import BatchReport, SlideOutcome, new_run_id, write_report
-from wsi_tools.batch.settings import compared_settings, extraction_config, load_settings
+from wsi_tools.batch.settings import extraction_config, load_settings
 from wsi_tools.errors import ConfigError
 from wsi_tools.provenance import now_iso
 
@@ -221,17 +221,17 @@ def _job(entry: ManifestEntry, store_path: Path, settings: dict[str, Any], optio
 class _Progress:
     """A tqdm bar over slides with done / failed / remaining and patches/s."""
 
-    def __init__(self, total: int, already: int, enabled: bool) -> None:
+    def __init__(self, total: int, already: int, already_failed: int, enabled: bool) -> None:
         from tqdm import tqdm
 
         self.started = time.perf_counter()
         self.patches = 0
         self.done = already
-        self.failed = 0
+        self.failed = already_failed
         self.total = total
         self.bar = tqdm(
             total=total,
-            initial=already,
+            initial=already + already_failed,
             unit="slide",
             desc="batch",
             file=sys.stderr,
@@ -277,30 +277,32 @@ def _apply_record(outcome: SlideOutcome, record: Mapping[str, Any]) -> None:
 
 
 def _skipped_outcomes(
-    store: Any, outcomes: dict[str, SlideOutcome], settings: Mapping[str, Any], warnings: list[str]
+    store: Any, manifest: Manifest, outcomes: dict[str, SlideOutcome], settings: Mapping[str, Any]
 ) -> set[str]:
-    """Mark slides the store holds complete as skipped; warn where settings differ."""
+    """Mark slides the store holds complete from the same inputs as skipped. One held
+    complete from another slide file, annotation file or output-changing setting is
+    failed with what changed and the way out: skipping it would keep the old result
+    under the new inputs' name."""
+    from wsi_tools.extract import already_extracted_message, changes_since_extraction
+
     skipped = set()
-    for slide_id, outcome in outcomes.items():
+    for entry in manifest.entries:
+        slide_id, outcome = entry.slide_id, outcomes[entry.slide_id]
         if not store.is_complete(slide_id):  # a damaged slide is extracted again
             continue
         skipped.add(slide_id)
-        store.remove_leftovers(slide_id)  # as extract_slide does for a complete slide
         attrs = store.slide_attrs(slide_id)
+        config = extraction_config(settings, entry.set, entry.mpp)
+        changed = changes_since_extraction(attrs, entry.slide_path, entry.annotation_path, config)
+        if changed:
+            outcome.status = "failed"
+            outcome.error_type = "ConfigError"
+            outcome.error = already_extracted_message(store.path, slide_id, changed)
+            continue
+        store.remove_leftovers(slide_id)  # as extract_slide does for a complete slide
         outcome.status = "skipped"
         outcome.n_patches = int(attrs["n_patches"]) if "n_patches" in attrs else len(store.coords(slide_id))
         outcome.counts = _plain(attrs.get("counts") or {})
-        stored = attrs.get("params") or attrs
-        differ = [
-            f"{key} {stored[key]!r} (now {settings[key]!r})"
-            for key in compared_settings()
-            if key in stored and key in settings and stored[key] != settings[key]
-        ]
-        if differ:
-            warnings.append(
-                f"{slide_id}: kept as is, but it was extracted with {', '.join(differ)}; "
-                "pass --overwrite to extract it again with this run's settings"
-            )
     return skipped
 
 
@@ -349,7 +351,7 @@ def run_batch(
         for e in manifest.entries
     }
     warnings: list[str] = []
-    skipped = set() if options.overwrite else _skipped_outcomes(store, outcomes, settings, warnings)
+    skipped = set() if options.overwrite else _skipped_outcomes(store, manifest, outcomes, settings)
     pending = [entry for entry in manifest.entries if entry.slide_id not in skipped]
     report = BatchReport(
         run_id=run_id,
@@ -372,7 +374,8 @@ def run_batch(
         write_report(report, Path(report.run_dir))
 
     save()
-    progress = _Progress(len(outcomes), len(skipped), options.progress)
+    refused = sum(outcomes[slide_id].status == "failed" for slide_id in skipped)
+    progress = _Progress(len(outcomes), len(skipped) - refused, refused, options.progress)
     try:
         if pending:
             _run_on_cluster(
@@ -380,9 +383,16 @@ def run_batch(
             )
         report.finished = now_iso()
     finally:
+        report.warnings += _empty_slide_warnings(report)
         progress.close()
         save()
     return report
+
+
+def _empty_slide_warnings(report: BatchReport) -> list[str]:
+    from wsi_tools.extract import why_empty
+
+    return [f"{o.slide_id}: kept no patch ({why_empty(o.counts)})" for o in report.empty()]
 
 
 def _run_on_cluster(

@@ -71,6 +71,7 @@ class BatchReport:
             **{status: by_status.get(status, 0) for status in STATUSES},
             "patches_extracted": extracted,
             "patches_in_store": sum(o.n_patches for o in self.slides if o.status in ("complete", "skipped")),
+            "slides_without_patches": len(self.empty()),
             "patches_per_s": round(extracted / self.seconds, 2) if self.seconds > 0 else 0.0,
             "cpu_seconds": round(sum(outcome.cpu_seconds for outcome in self.slides), 2),
             "slides_per_hour": round(by_status.get("complete", 0) * 3600 / self.seconds, 1)
@@ -82,6 +83,10 @@ class BatchReport:
     def exit_code(self) -> int:
         ok = all(outcome.status in ("complete", "skipped") for outcome in self.slides)
         return EXIT_ALL_DONE if ok else EXIT_SOME_FAILED
+
+    def empty(self) -> list[SlideOutcome]:
+        """Slides done but with no patch: a row of their own in the reports."""
+        return [o for o in self.slides if o.status in ("complete", "skipped") and o.n_patches == 0]
 
     def failed(self) -> list[SlideOutcome]:
         return [outcome for outcome in self.slides if outcome.status not in ("complete", "skipped")]
@@ -167,6 +172,7 @@ def summary_table(report: BatchReport, max_rows: int = 50) -> Table:
             f"{totals['complete']} complete, {totals['skipped']} skipped, {totals['failed']} failed, "
             f"{totals['interrupted']} interrupted · {totals['patches_extracted']} patches extracted "
             f"at {totals['patches_per_s']}/s in {report.seconds:.1f} s"
+            + (f" · {totals['slides_without_patches']} slide(s) kept no patch" if report.empty() else "")
         ),
     )
     columns: tuple[tuple[str, Literal["left", "right"]], ...] = (

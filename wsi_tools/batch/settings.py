@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_tools.config_file import read_yaml_mapping
 from wsi_tools.errors import ConfigError
 from wsi_tools.geometry import mpp_for_magnification
-from wsi_tools.options import default_of, output_keys
+from wsi_tools.options import default_of
 
 if TYPE_CHECKING:
     from wsi_tools.extract import ExtractionConfig
@@ -97,14 +97,6 @@ def load_settings(
         given = {key: value for key, value in overrides.items() if value is not None}
         _apply(settings, given, "command line", Path.cwd())
     return settings
-
-
-def compared_settings() -> tuple[str, ...]:
-    """The settings that change what a slide's group holds: a slide extracted with other
-    values is not the same output (threads, for one, is not among them)."""
-    from wsi_tools.extract import ExtractionConfig
-
-    return tuple(key for key in output_keys(ExtractionConfig) if key not in PER_SLIDE_KEYS)
 
 
 def extraction_config(

@@ -181,7 +181,7 @@ def _progress() -> bool:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from wsi_tools.extract import ExtractionConfig, extract_slide
+    from wsi_tools.extract import ExtractionConfig, extract_slide, why_empty
     from wsi_tools.options import to_plain
 
     config = ExtractionConfig(set=args.set, **extraction_flags_given(args, args.extraction_flags))
@@ -217,16 +217,27 @@ def run_extract(args: argparse.Namespace) -> int:
         for key, value in result.counts.items()
         if key.startswith("dropped_") and value
     )
-    rate = result.n_patches / result.seconds if result.seconds > 0 else 0.0
-    verb = "skipped (already complete; --overwrite to redo)" if result.status == "skipped" else "extracted"
+    skipped = result.status == "skipped"
+    verb = "skipped (already complete from the same inputs; --overwrite to redo)" if skipped else "extracted"
+    timing = (
+        ""
+        if skipped
+        else f" in {result.seconds:.1f} s ({result.n_patches / max(result.seconds, 1e-9):.0f}/s)"
+    )
     line = (
         f"{result.slide_id}: {verb} {result.n_patches} patches "
         f"({result.counts.get('positive', 0)} pos, {result.counts.get('negative', 0)} neg"
         + (f"; dropped: {dropped}" if dropped else "")
-        + f") in {result.seconds:.1f} s ({rate:.0f}/s) -> {result.store_path}"
+        + f"){timing} -> {result.store_path}"
         + (f"; QC {result.qc_path}" if result.qc_path else "")
     )
     print(line)
+    if result.n_patches == 0 and not skipped:
+        print(
+            f"wsi-tools extract: warning: {result.slide_id}: no patch was kept ({why_empty(result.counts)}); "
+            "see the QC picture (--qc DIR) for where the windows fell",
+            file=sys.stderr,
+        )
     return 0
 
 
