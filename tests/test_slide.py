@@ -305,6 +305,24 @@ def test_anisotropic_mpp_raises_unless_overridden(tmp_path: Path) -> None:
         assert open_slide(path, backend=backend, mpp=0.55).spec.mpp == 0.55
 
 
+@pytest.mark.parametrize("mpp", [1e-4, 1e6])
+def test_an_implausible_mpp_is_refused_unless_overridden(tmp_path: Path, mpp: float) -> None:
+    """1e-4 µm/px would make a 512 px window at ×5 a 10⁷ px read (286 GiB); 1e6 would
+    report 10¹² mm² of tissue. Both are unit errors, refused with the fix."""
+    path = write_aperio_svs(
+        tmp_path / "odd.svs", synthetic_tissue(256, 256, seed=1), mpp=mpp, app_mag=None, downsamples=(1,)
+    )
+    with pytest.raises(MissingMppError, match="outside the plausible range.*--slide-mpp"):
+        open_slide(path)
+    with pytest.warns(UserWarning, match="plausible"):
+        info_mode = open_slide(path, require_mpp=False)
+    with pytest.raises(MissingMppError):
+        info_mode.spec  # noqa: B018
+    assert open_slide(path, mpp=0.5).spec.mpp == 0.5
+    with pytest.raises(ConfigError, match="override .*plausible"):
+        open_slide(path, mpp=mpp)
+
+
 def corrupt_first_tile(path: Path) -> Path:
     with tifffile.TiffFile(path) as tif:
         offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]

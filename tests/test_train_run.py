@@ -351,3 +351,19 @@ def test_cpu_threads_make_a_run_repeat_whatever_the_ambient_thread_count(
         weights.append(read_checkpoint(result.last_checkpoint)["model"])
     torch.set_num_threads(1)
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_a_run_without_validation_or_test_slides_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two hard slides: 0.6/0.2/0.2 leaves one split empty, so "best" would be chosen blind.
+    store = write_toy_store(tmp_path / "two.zarr", [("a", "hard", 6, 3), ("b", "hard", 6, 0)], patch_size=32)
+    args = ["train", "--store", str(store), "--out", str(tmp_path / "run"), "--no-progress", "--set", "epochs=1"]
+    for item in QUICK:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "hold no patch" in err and "allow_empty_splits=true" in err
+    assert not (tmp_path / "run" / "best.pt").exists()
+    assert main([*args, "--set", "allow_empty_splits=true"]) == 0  # the explicit way to do it anyway
+    assert (tmp_path / "run" / "best.pt").is_file()

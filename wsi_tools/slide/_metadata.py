@@ -59,11 +59,27 @@ class Metadata:
         )
 
 
+# µm/px a slide scan can have: an oil objective at ×100 (~0.1) to a macro photo (~20).
+# Outside it the value is a unit error (nm, cm, pixels per µm), and reading at a
+# physical resolution would allocate absurd regions or keep no patch.
+PLAUSIBLE_MPP = (0.05, 50.0)
+
+
+def mpp_outside_plausible(mpp: float) -> str | None:
+    low, high = PLAUSIBLE_MPP
+    if low <= mpp <= high:
+        return None
+    return f"{mpp:g} µm/px is outside the plausible range of a slide scan ({low:g} to {high:g} µm/px; a unit error?)"
+
+
 def checked_override(path: Path, mpp: float | None) -> float | None:
     if mpp is None:
         return None
     if not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"{path}: slide mpp override must be a positive number of µm/px, got {mpp!r}")
+    problem = mpp_outside_plausible(float(mpp))
+    if problem:
+        raise ConfigError(f"{path}: the slide mpp override {problem}; pass the level-0 µm/px")
     return float(mpp)
 
 

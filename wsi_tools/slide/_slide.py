@@ -16,7 +16,7 @@ import numpy as np
 
 from wsi_tools.errors import ConfigError, MissingMppError, SlideReadError
 from wsi_tools.geometry import DEFAULT_MPP_TOLERANCE, ReadPlan, SlideSpec, plan_read
-from wsi_tools.slide._metadata import Metadata, checked_override, file_fingerprint
+from wsi_tools.slide._metadata import Metadata, checked_override, file_fingerprint, mpp_outside_plausible
 from wsi_tools.slide._protocol import WHITE, SlideBackend
 from wsi_tools.slide._registry import open_backend
 
@@ -72,6 +72,8 @@ class Slide:
                     f"{self.path}: x and y resolution differ ({native[0]:g} vs {native[1]:g} µm/px, "
                     f"more than {ANISOTROPY_RTOL:.0%}); square patches need one value: {MPP_FIX}"
                 )
+            elif implausible := mpp_outside_plausible(native[0]):
+                self._mpp_problem = f"{self.path}: the slide records {implausible}; {MPP_FIX}"
             if self._mpp_problem:
                 if self._require_mpp:
                     raise MissingMppError(self._mpp_problem)

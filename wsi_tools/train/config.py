@@ -104,6 +104,12 @@ class TrainConfig:
         "train:val:test ratios of slides, stratified by slide label (positive = any positive patch)",
         check=_check_ratios,
     )
+    allow_empty_splits: bool = option(
+        False,
+        "train even when the validation or test split holds no patch: best.pt is then the last epoch "
+        "(no validation chose it) and the test metrics are n/a",
+        output=False,
+    )
     splits_file: str | None = option(
         None,
         "CSV with slide_id,split (or a batch manifest with a split column); listed slides keep that split, the others are split by ratio",

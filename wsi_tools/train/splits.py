@@ -12,6 +12,7 @@ import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,25 @@ def make_splits(
                 assignment[slide_id] = split
             start += count
     return assignment
+
+
+def empty_split_message(
+    store_path: Path | str, splits: Mapping[str, str], empty: Sequence[str], config: Any
+) -> str:
+    """Why a run would mean nothing: validation chooses the best epoch and test gives
+    the metrics, so neither may be empty; says how many slides the ratios need."""
+    per_split = {name: sum(split == name for split in splits.values()) for name in SPLIT_NAMES}
+    ratios = [float(r) for r in config.split_ratios]
+    needed = sum(1 for r in ratios if r > 0)
+    return (
+        f"{store_path}: the {' and '.join(empty)} split(s) hold no patch (slides: "
+        + ", ".join(f"{name} {count}" for name, count in per_split.items())
+        + f"; split_ratios {ratios}): validation chooses best.pt and test gives the metrics. "
+        f"Each split needs at least one slide, so the training sets need at least {needed} slides "
+        "(per slide label, to have both classes in each); add slides, give a slide_id,split CSV "
+        "(--set splits_file=CSV), or train anyway with --set allow_empty_splits=true "
+        "(train.allow_empty_splits in a run config)"
+    )
 
 
 def check_no_leak(assignments: Iterable[tuple[str, str]], source: str = "splits") -> dict[str, str]:

@@ -102,7 +102,13 @@ from wsi_tools.train.loop import EpochOrder, TrainingStep, bce_step, train_one_e
 from wsi_tools.train.model import PatchClassifier, build_model
 from wsi_tools.train.plots import plot_loss
 from wsi_tools.train.runtime import Runtime, log, reproducibility, seed_everything, start_runtime
-from wsi_tools.train.splits import assert_disjoint, make_splits, read_splits_csv, write_splits_csv
+from wsi_tools.train.splits import (
+    assert_disjoint,
+    empty_split_message,
+    make_splits,
+    read_splits_csv,
+    write_splits_csv,
+)
 from wsi_tools.train.tables import split_table, training_table
 
 SamplerFactory = Callable[[PatchTable, TrainConfig, Runtime], EpochOrder]
@@ -313,6 +319,9 @@ class _Run:
             raise ConfigError(
                 f"{self.store_path}: the training split has {len(train_table)} patch(es); need at least 2"
             )
+        empty = [name for name in ("val", "test") if len(tables[name]) == 0]
+        if empty and not self.config.allow_empty_splits:
+            raise ConfigError(empty_split_message(self.store_path, splits, empty, self.config))
         runtime = self.runtime
         log(
             runtime,
