@@ -358,7 +358,16 @@ def test_a_run_without_validation_or_test_slides_is_refused(
 ) -> None:
     # Two hard slides: 0.6/0.2/0.2 leaves one split empty, so "best" would be chosen blind.
     store = write_toy_store(tmp_path / "two.zarr", [("a", "hard", 6, 3), ("b", "hard", 6, 0)], patch_size=32)
-    args = ["train", "--store", str(store), "--out", str(tmp_path / "run"), "--no-progress", "--set", "epochs=1"]
+    args = [
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        "epochs=1",
+    ]
     for item in QUICK:
         args += ["--set", item]
     assert main(args) == 2
