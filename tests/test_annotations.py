@@ -253,6 +253,65 @@ def test_self_intersecting_polygon_is_repaired(tmp_path: Path) -> None:
     assert any("'bowtie'" in w and "make_valid" in w and "2 part(s)" in w for w in aset.warnings)
 
 
+def test_a_long_group_chain_and_a_big_cycle_read_in_linear_time(tmp_path: Path) -> None:
+    """4,000 nested groups took minutes (the time was cubic in the chain), and a
+    1,000-group cycle gave 1,000 warnings of 1,000 names each."""
+    chain = "".join(group_xml(f"g{i}", f"g{i + 1}" if i < 3999 else "None") for i in range(4000))
+    cycle = "".join(group_xml(f"c{i}", f"c{(i + 1) % 1000}") for i in range(1000))
+    annotations = annotation_xml("deep", SQUARE, group="g0") + annotation_xml("loop", SQUARE, group="c0")
+    started = time.perf_counter()
+    aset = read_asap_xml(write(tmp_path, asap(annotations, chain + cycle)))
+    assert time.perf_counter() - started < 5
+    deep, loop = aset.annotations
+    assert deep.group_chain[:3] == ("g0", "g1", "g2") and len(deep.group_chain) == 64
+    assert len(loop.group_chain) == 64  # cut at the depth limit, not at 1,000 names
+    assert len(aset.warnings) == 1 and "deeper than 64" in aset.warnings[0]
+    assert len(aset.warnings[0]) < 300
+
+
+def test_a_small_cycle_is_one_short_warning(tmp_path: Path) -> None:
+    groups = "".join(group_xml(f"c{i}", f"c{(i + 1) % 10}") for i in range(10))
+    annotations = "".join(annotation_xml(f"a{i}", SQUARE, group=f"c{i}") for i in range(10))
+    aset = read_asap_xml(write(tmp_path, asap(annotations, groups)))
+    assert all(len(a.group_chain) == 10 for a in aset.annotations)
+    (warning,) = aset.warnings
+    assert "10 group(s) form a cycle" in warning and "and 7 more" in warning
+
+
+def _random_polygon(n: int, seed: int) -> list[tuple[float, float]]:
+    import random
+
+    rng = random.Random(seed)
+    return [(round(rng.uniform(0, 10_000), 1), round(rng.uniform(0, 10_000), 1)) for _ in range(n)]
+
+
+def test_polygon_repair_is_bounded(tmp_path: Path) -> None:
+    """A 2,000-vertex scribble hung make_valid; 20,000 ended in std::bad_alloc."""
+    for n in (2_000, 20_000):
+        started = time.perf_counter()
+        with pytest.raises(
+            AnnotationError, match=r"a\.xml: annotation 'scribble'.*cross each other more than"
+        ):
+            read_asap_xml(write(tmp_path, asap(annotation_xml("scribble", _random_polygon(n, n)))))
+        assert time.perf_counter() - started < 10
+    with pytest.raises(AnnotationError, match="limited to 20000 vertices"):
+        read_asap_xml(write(tmp_path, asap(annotation_xml("huge", _random_polygon(20_001, 1)))))
+    # Between the bounds, the structure method repairs it in well under a second.
+    started = time.perf_counter()
+    aset = read_asap_xml(write(tmp_path, asap(annotation_xml("tangle", _random_polygon(60, 3)))))
+    assert time.perf_counter() - started < 5
+    geometry = aset.annotations[0].geometry
+    assert geometry.is_valid and geometry.area > 0
+    assert any("structure method" in w for w in aset.warnings)
+
+
+def test_coordinates_beyond_any_slide_are_refused(tmp_path: Path) -> None:
+    """1e308 made areas inf and `annotations --json` print Infinity (invalid JSON)."""
+    points = [(0, 0), ("1e308", 0), ("1e308", "1e308"), (0, "1e308")]
+    with pytest.raises(AnnotationError, match="X='1e308', beyond any slide"):
+        read_asap_xml(write(tmp_path, asap(annotation_xml("far", points))))
+
+
 def test_every_asap_type(tmp_path: Path) -> None:
     annotations = "".join(
         [

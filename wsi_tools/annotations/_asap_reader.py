@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +27,14 @@ from wsi_tools.errors import AnnotationError
 # Entity declarations are refused before parsing: with them a few hundred
 # bytes can expand to gigabytes, and ASAP never writes a DOCTYPE. The raw
 # bytes are searched in the encodings annotation files come in.
+# Real files nest groups two or three deep; a chain this long is damage or hostile.
+MAX_GROUP_DEPTH = 64
+# A level-0 pixel index: the largest slides are ~10^6 px wide.
+MAX_COORDINATE = 1e9
+# Bounds on repairing an invalid polygon (see _repaired).
+LINEWORK_CROSSINGS = 64
+MAX_REPAIR_CROSSINGS = 20_000
+MAX_REPAIR_VERTICES = 20_000
 _SCANNED_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be")
 
 
@@ -51,7 +59,7 @@ def read_asap_xml(path: str | Path, slide_dimensions: tuple[int, int] | None = N
         if slide_dimensions is not None:
             _check_inside_slide(annotation, slide_dimensions, warnings)
         annotations.append(annotation)
-    chains = _group_chains(groups, warnings)
+    chains = _group_chains(groups, (a.group for a in annotations if a.group), warnings)
     annotations = [replace(a, group_chain=chains[a.group]) if a.group else a for a in annotations]
     return AnnotationSet(path=path, annotations=annotations, groups=groups, warnings=warnings)
 
@@ -127,23 +135,42 @@ def _read_groups(root: etree._Element, warnings: list[str]) -> dict[str, Annotat
     return groups
 
 
-def _group_chains(groups: Mapping[str, AnnotationGroup], warnings: list[str]) -> dict[str, tuple[str, ...]]:
-    """(group, parent, ...) for every group, cutting cycles with a warning."""
+def _group_chains(
+    groups: Mapping[str, AnnotationGroup], used: Iterable[str], warnings: list[str]
+) -> dict[str, tuple[str, ...]]:
+    """(group, parent, ...) for every group an annotation uses: at most
+    MAX_GROUP_DEPTH long, a cycle cut before it repeats, one warning each for all
+    the cycles and all the over-deep chains (a hostile file can declare thousands)."""
     chains: dict[str, tuple[str, ...]] = {}
-    for name in groups:
+    cycles: list[str] = []
+    too_deep: list[str] = []
+    for name in dict.fromkeys(used):
         chain: list[str] = []
+        seen: set[str] = set()
         current: str | None = name
         while current is not None:
-            if current in chain:
-                warnings.append(
-                    f"group {name!r}: the PartOfGroup chain {' -> '.join([*chain, current])} is a cycle; "
-                    f"it is cut after {chain[-1]!r}"
-                )
+            if current in seen:
+                cycles.append(" -> ".join([*chain[:6], "..."] if len(chain) > 6 else [*chain, current]))
                 break
+            if len(chain) == MAX_GROUP_DEPTH:
+                too_deep.append(name)
+                break
+            seen.add(current)
             chain.append(current)
             parent = groups.get(current)
             current = parent.parent if parent else None
         chains[name] = tuple(chain)
+    if cycles:
+        warnings.append(
+            f"the PartOfGroup chains of {len(cycles)} group(s) form a cycle, each cut before it repeats: "
+            + "; ".join(cycles[:3])
+            + (f"; and {len(cycles) - 3} more" if len(cycles) > 3 else "")
+        )
+    if too_deep:
+        warnings.append(
+            f"the PartOfGroup chains of {len(too_deep)} group(s) are deeper than {MAX_GROUP_DEPTH} groups and "
+            f"are cut there (first: {too_deep[0]!r}); labels are matched on the first {MAX_GROUP_DEPTH}"
+        )
     return chains
 
 
@@ -165,7 +192,7 @@ def _read_annotation(
         warnings.append(f"{where}: unknown type {raw_type!r}; skipped")
         return None
     points = _read_coordinates(element, path, where, warnings)
-    geometry = _build_geometry(kind, points, where, warnings)
+    geometry = _build_geometry(kind, points, where, warnings, path)
     if geometry is None:
         return None
     group = _group_ref(element.get("PartOfGroup"))
@@ -193,7 +220,7 @@ def _read_coordinates(element: etree._Element, path: Path, where: str, warnings:
             ],
             dtype=np.float64,
         ).reshape(-1, 3)
-        usable = bool(np.isfinite(rows).all())
+        usable = bool(np.isfinite(rows).all()) and bool((np.abs(rows[:, 1:]) <= MAX_COORDINATE).all())
     except (TypeError, ValueError):
         usable = False
     if not usable:  # decimal commas, or an error to report with its line
@@ -235,10 +262,18 @@ def _parse_number(text: str | None, attribute: str, path: Path, what: str) -> fl
         raise AnnotationError(f"{path}: {what} has {attribute}={text!r}, which is not a number") from None
     if not math.isfinite(value):
         raise AnnotationError(f"{path}: {what} has {attribute}={text!r}; coordinates must be finite")
+    if abs(value) > MAX_COORDINATE:
+        # Areas and unions of such numbers overflow to inf (and JSON to "Infinity").
+        raise AnnotationError(
+            f"{path}: {what} has {attribute}={text!r}, beyond any slide (|value| <= {MAX_COORDINATE:.0e} "
+            "level-0 px); is the file in other units?"
+        )
     return value
 
 
-def _build_geometry(kind: str, points: np.ndarray, where: str, warnings: list[str]) -> BaseGeometry | None:
+def _build_geometry(
+    kind: str, points: np.ndarray, where: str, warnings: list[str], path: Path
+) -> BaseGeometry | None:
     if len(points) == 0:
         warnings.append(f"{where}: no coordinates; skipped")
         return None
@@ -261,10 +296,10 @@ def _build_geometry(kind: str, points: np.ndarray, where: str, warnings: list[st
     repair = None
     if not polygon.is_valid:
         reason = shapely.is_valid_reason(polygon)
-        polygon = polygonal_part(shapely.make_valid(polygon))
+        polygon, method = _repaired(polygon, points, f"{path}: {where}", kind)
         parts = len(shapely.get_parts(polygon))
         repair = (
-            f"{where}: invalid {kind} ({reason}) repaired with make_valid into {parts} part(s), "
+            f"{where}: invalid {kind} ({reason}) repaired with make_valid{method} into {parts} part(s), "
             f"area {polygon.area:.1f} px²"
         )
     if polygon.is_empty or polygon.area == 0:  # e.g. collinear vertices: nothing left to repair
@@ -273,6 +308,44 @@ def _build_geometry(kind: str, points: np.ndarray, where: str, warnings: list[st
     if repair:
         warnings.append(repair)
     return polygon
+
+
+def _repaired(polygon: Polygon, points: np.ndarray, where: str, kind: str) -> tuple[BaseGeometry, str]:
+    """An invalid polygon made valid in bounded time. GEOS's default repair (the
+    linework method) is exact for the few crossings of a slipped hand but grows
+    far faster than the number of crossings: 500 random vertices (27,000
+    crossings) take over a minute. So: few crossings, linework; more, the
+    structure method (the area the rings enclose; 0.5 s at 27,000); past a limit,
+    or past a vertex limit where even counting costs too much, an error."""
+    if len(points) > MAX_REPAIR_VERTICES:
+        raise AnnotationError(
+            f"{where}: invalid {kind} with {len(points)} vertices; repairs are limited to "
+            f"{MAX_REPAIR_VERTICES} vertices. Fix or simplify it in the annotation tool"
+        )
+    crossings = _segment_crossings(points, stop_after=MAX_REPAIR_CROSSINGS)
+    if crossings <= LINEWORK_CROSSINGS:
+        return polygonal_part(shapely.make_valid(polygon)), ""
+    if crossings <= MAX_REPAIR_CROSSINGS:
+        return polygonal_part(shapely.make_valid(polygon, method="structure")), (
+            f" (structure method: {crossings} self-crossings)"
+        )
+    raise AnnotationError(
+        f"{where}: invalid {kind} whose edges cross each other more than {MAX_REPAIR_CROSSINGS} times "
+        f"({len(points)} vertices): not a drawn outline. Fix or redraw it in the annotation tool"
+    )
+
+
+def _segment_crossings(points: np.ndarray, stop_after: int) -> int:
+    """How many pairs of the ring's edges cross (counting stops past ``stop_after``)."""
+    segments = shapely.linestrings(np.stack([points, np.roll(points, -1, axis=0)], axis=1))
+    tree = shapely.STRtree(segments)
+    found = 0
+    for start in range(0, len(segments), 32):
+        pairs = tree.query(segments[start : start + 32], predicate="crosses")
+        found += int((pairs[0] + start < pairs[1]).sum())  # each pair once
+        if found > stop_after:
+            break
+    return found
 
 
 def _check_inside_slide(
