@@ -211,3 +211,91 @@ def test_batch_check_fails_a_damaged_slide_before_extraction(intact: Path, tmp_p
     assert "preflight" in (status["bad"].error or "") and "no end-of-image marker" in (
         status["bad"].error or ""
     )
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+def write_bomb(path: Path, width: int, height: int, tile: int = 1024) -> Path:
+    """A classic TIFF claiming ``width`` x ``height`` px whose every tile is the same
+    few hundred bytes of JPEG: a small file that would decode for hours."""
+    import imagecodecs
+
+    jpeg = imagecodecs.jpeg_encode(np.full((tile, tile, 3), 230, np.uint8), level=80)
+    n_tiles = -(-width // tile) * -(-height // tile)
+    description = f"Aperio Image Library v12.0.15\r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q=80|AppMag = 20|MPP = 0.5"
+    with path.open("wb") as handle:
+        handle.write(b"II*\x00" + struct.pack("<I", 0))
+        data_at = handle.tell()
+        handle.write(jpeg)
+        description_at = handle.tell()
+        handle.write(description.encode() + b"\0")
+        offsets_at = handle.tell()
+        handle.write(struct.pack("<I", data_at) * n_tiles)
+        counts_at = handle.tell()
+        handle.write(struct.pack("<I", len(jpeg)) * n_tiles)
+        handle.write(b"\0" * (handle.tell() % 2))
+        ifd_at = handle.tell()
+        short, long = 3, 4
+        entries = [
+            (256, long, 1, width),
+            (257, long, 1, height),
+            (258, short, 3, None),  # bits per sample, stored after the IFD
+            (259, short, 1, 7),
+            (262, short, 1, 6),
+            (270, 2, len(description) + 1, description_at),
+            (277, short, 1, 3),
+            (284, short, 1, 1),
+            (322, short, 1, tile),
+            (323, short, 1, tile),
+            (324, long, n_tiles, offsets_at),
+            (325, long, n_tiles, counts_at),
+        ]
+        handle.write(struct.pack("<H", len(entries)))
+        after_ifd = ifd_at + 2 + 12 * len(entries) + 4
+        for tag, kind, count, value in entries:
+            if value is None:
+                handle.write(struct.pack("<HHII", tag, kind, count, after_ifd))
+            elif kind == short and count == 1:
+                handle.write(struct.pack("<HHIHH", tag, kind, count, value, 0))
+            else:
+                handle.write(struct.pack("<HHII", tag, kind, count, value))
+        handle.write(struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8))
+        handle.seek(4)
+        handle.write(struct.pack("<I", ifd_at))
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_decompression_bomb_is_refused_at_open(tmp_path: Path, backend: str) -> None:
+    """50,000 x 50,000 px claimed in a 10 kB file: tissue and extract hung on it."""
+    bomb = write_bomb(tmp_path / "bomb.svs", 50_000, 50_000)
+    assert bomb.stat().st_size < 50_000
+    with pytest.raises(SlideReadError, match=r"bomb\.svs: claims 50000 x 50000 px .*bytes per px"):
+        open_slide(bomb, backend=backend)
+
+
+def test_a_slide_beyond_the_pixel_limit_is_refused_and_the_limit_is_configurable(
+    intact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WSI_TOOLS_MAX_SLIDE_PIXELS", "1e6")  # the fixture is 2048 x 1536 px
+    assert main(["tissue", str(intact), "--out", str(tmp_path / "qc.png")]) == 2
+    err = capsys.readouterr().err
+    assert "more than the limit" in err and "WSI_TOOLS_MAX_SLIDE_PIXELS" in err
+    assert not (tmp_path / "qc.png").exists()
+    monkeypatch.setenv("WSI_TOOLS_MAX_SLIDE_PIXELS", "1e7")
+    with open_slide(intact) as slide:
+        assert slide.dimensions == (2048, 1536)
+
+
+def test_thumbnails_stay_bounded_whatever_the_slide_claims(
+    intact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wsi_tools.slide._slide as slide_module
+
+    with open_slide(intact) as slide:
+        image, _ = slide.thumbnail(0.5)  # level 0 itself: 3.1 Mpx
+        assert image.shape[:2] == (1536, 2048)
+        monkeypatch.setattr(slide_module, "MAX_THUMBNAIL_PIXELS", 2**16)
+        image, downsample = slide.thumbnail(0.5)
+        assert image.shape[0] * image.shape[1] <= 2**16 * 1.05 and downsample > 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,48 @@ def mpp_outside_plausible(mpp: float) -> str | None:
     if low <= mpp <= high:
         return None
     return f"{mpp:g} µm/px is outside the plausible range of a slide scan ({low:g} to {high:g} µm/px; a unit error?)"
+
+
+# Level 0 of the largest glass slide (75 x 25 mm) at 0.25 µm/px is ~3e10 px.
+DEFAULT_MAX_SLIDE_PIXELS = 10**11
+MAX_PIXELS_VARIABLE = "WSI_TOOLS_MAX_SLIDE_PIXELS"
+# A JPEG tile of blank glass is ~0.01 byte/px and tissue ~0.1-1; scanners that
+# leave background tiles out (sparse TIFF) stay above 1e-4 with any tissue at all.
+MIN_BYTES_PER_PIXEL = 1e-4
+
+
+def max_slide_pixels() -> int:
+    text = os.environ.get(MAX_PIXELS_VARIABLE)
+    if not text:
+        return DEFAULT_MAX_SLIDE_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise ConfigError(f"{MAX_PIXELS_VARIABLE}={text!r} is not a number of pixels") from None
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_VARIABLE}={text!r} must be a positive number of pixels")
+    return value
+
+
+def implausible_size(dimensions: tuple[int, int], file_bytes: int | None) -> str | None:
+    """Why a slide's claimed level-0 size cannot be real (a decompression bomb, a
+    damaged directory), or None. ``file_bytes``: the size of a single-file format,
+    None where the pixels live in other files (MRXS, VMS)."""
+    width, height = dimensions
+    pixels = width * height
+    limit = max_slide_pixels()
+    if pixels > limit:
+        return (
+            f"claims {width} x {height} px at level 0 ({pixels:.2g} px), more than the limit of {limit:.2g} "
+            f"px (larger than any glass slide); set {MAX_PIXELS_VARIABLE} to raise it"
+        )
+    if file_bytes is not None and pixels > 10**8 and file_bytes / pixels < MIN_BYTES_PER_PIXEL:
+        return (
+            f"claims {width} x {height} px at level 0 in a file of {file_bytes / 2**20:.1f} MiB "
+            f"({file_bytes / pixels:.1e} bytes per px; real scans have at least {MIN_BYTES_PER_PIXEL:g}): "
+            "a decompression bomb or a damaged directory"
+        )
+    return None
 
 
 def checked_override(path: Path, mpp: float | None) -> float | None:

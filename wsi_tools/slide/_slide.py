@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import warnings as warnings_module
@@ -16,13 +17,21 @@ import numpy as np
 
 from wsi_tools.errors import ConfigError, MissingMppError, SlideReadError
 from wsi_tools.geometry import DEFAULT_MPP_TOLERANCE, ReadPlan, SlideSpec, plan_read
-from wsi_tools.slide._metadata import Metadata, checked_override, file_fingerprint, mpp_outside_plausible
+from wsi_tools.slide._metadata import (
+    Metadata,
+    checked_override,
+    file_fingerprint,
+    implausible_size,
+    mpp_outside_plausible,
+)
 from wsi_tools.slide._protocol import WHITE, SlideBackend
 from wsi_tools.slide._registry import open_backend
+from wsi_tools.slide._tiff_check import tiff_layout
 
 APPMAG_MPP_RTOL = 0.25  # AppMag 20 says ~0.5 µm/px; beyond 25% off, one of them is wrong
 ANISOTROPY_RTOL = 0.02  # x and y mpp differing more than this make square patches impossible
 PIXEL_CHECK_MAX = 2**20  # check_readable decodes a whole level up to this size
+MAX_THUMBNAIL_PIXELS = 2**26  # 192 MiB of RGB; a 100k x 100k px slide at 16 µm/px is 10 Mpx
 THUMBNAIL_BAND_PIXELS = 16 * 2**20  # level pixels decoded at once while building a thumbnail
 
 MPP_FIX = "pass the level-0 resolution with --slide-mpp X on the CLI or mpp=X in the API (µm/px)"
@@ -45,6 +54,13 @@ class Slide:
         self._require_mpp = require_mpp
         self._lock = threading.Lock()
         reader = open_backend(self.path, backend)
+        single_file = tiff_layout(self.path) is not None
+        problem = implausible_size(
+            reader.level_dimensions[0], self.path.stat().st_size if single_file else None
+        )
+        if problem:
+            reader.close()
+            raise SlideReadError(f"{self.path}: {problem}")
         self._reader: SlideBackend | None = reader
         self._reader_pid = os.getpid()
         self._meta = Metadata.from_backend(reader)
@@ -320,10 +336,12 @@ class Slide:
         """The whole slide at about ``target_mpp`` (never finer than level 0) and
         the level-0 px per thumbnail px."""
         spec = self.spec
-        target = max(float(target_mpp), spec.mpp)
+        width0, height0 = self.dimensions
+        # Never more than MAX_THUMBNAIL_PIXELS, whatever size the slide claims.
+        bounded = spec.mpp * math.sqrt(width0 * height0 / MAX_THUMBNAIL_PIXELS)
+        target = max(float(target_mpp), spec.mpp, bounded)
         plan = plan_read(spec, target, DEFAULT_MPP_TOLERANCE)
         level_width, level_height = self.level_dimensions[plan.level]
-        width0, height0 = self.dimensions
         if not plan.resampled:
             image = self.read_level(plan.level, 0, 0, level_width, level_height)
             return image, width0 / level_width
