@@ -45,3 +45,21 @@ class SplitLeakError(ConfigError):
     """A rule that keeps evaluation honest would be broken: a slide in two splits, or a
     validation or test patch trained on, mined, or used as a false-positive query.
     Raised, never asserted, so that it holds under ``python -O``."""
+
+
+SHOWN_PROBLEMS = 20
+
+
+def problem_list(problems: list[str], source: str, shown: int = SHOWN_PROBLEMS) -> str:
+    """The first ``shown`` problems, then how many more and the file holding them all
+    (a manifest with 100,000 bad rows must not print 100,000 lines)."""
+    listing = "; ".join(problems[:shown])
+    if len(problems) <= shown:
+        return listing
+    import os
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix="wsi-tools-problems-", suffix=".txt")
+    with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
+        out.write(f"# {len(problems)} problem(s) of {source}\n" + "\n".join(problems) + "\n")
+    return f"{listing}; and {len(problems) - shown} more, all listed in {name}"

@@ -522,27 +522,38 @@ def extract_slide(
 
         attrs = _provenance(slide, plan, extent, config, annotation_path, labeled, annotations, tissue)
         attrs["started"] = started
+        new_store = store is None
         if store is None:
             store = PatchStore(store_path, mode="a")
-        writer = store.begin_slide(
-            slide_id, len(windows), config.patch_size, attrs, overwrite=True, compression=config.compression
-        )
-        with (
-            writer,
-            tqdm(
-                total=len(windows), desc=slide_id[:24], unit="patch", disable=not progress, leave=False
-            ) as bar,
-        ):
-            for span, chunks in _read_ahead(slide, windows.origins, extent, config, plan):
-                writer.write_encoded(
-                    span.start,
-                    chunks,
-                    windows.origins[span],
-                    windows.labels[span],
-                    windows.tissue_fraction[span],
-                )
-                bar.update(len(chunks))
-            writer.commit({"counts": windows.counts, "warnings": [*slide.warnings, *attrs["warnings"]]})
+        try:
+            writer = store.begin_slide(
+                slide_id,
+                len(windows),
+                config.patch_size,
+                attrs,
+                overwrite=True,
+                compression=config.compression,
+            )
+            with (
+                writer,
+                tqdm(
+                    total=len(windows), desc=slide_id[:24], unit="patch", disable=not progress, leave=False
+                ) as bar,
+            ):
+                for span, chunks in _read_ahead(slide, windows.origins, extent, config, plan):
+                    writer.write_encoded(
+                        span.start,
+                        chunks,
+                        windows.origins[span],
+                        windows.labels[span],
+                        windows.tissue_fraction[span],
+                    )
+                    bar.update(len(chunks))
+                writer.commit({"counts": windows.counts, "warnings": [*slide.warnings, *attrs["warnings"]]})
+        except BaseException:
+            if new_store:  # a failed first slide leaves no empty store behind
+                store.remove_if_empty()
+            raise
 
         qc_path = None
         if qc_dir is not None:

@@ -20,7 +20,7 @@ from wsi_tools.annotations._model import (
     polygonal_part,
     polygonal_union,
 )
-from wsi_tools.errors import AnnotationError, ConfigError
+from wsi_tools.errors import AnnotationError, ConfigError, problem_list
 
 _LABEL_MAP_KEYS = frozenset({"labels", "exclude", "description"})
 
@@ -112,7 +112,7 @@ def label_annotations(
     if unknown_groups and not ignore_unknown:
         raise AnnotationError(
             f"{aset.path}: {len(unlabelled)} annotation(s) in groups unknown to the label map "
-            f"{label_map.source}: {', '.join(repr(g) for g in unknown_groups)}; add them to its `labels:` or "
+            f"{label_map.source}: {problem_list([repr(g) for g in unknown_groups], str(aset.path))}; add them to its `labels:` or "
             "`exclude:`, use another map (--label-map), or ignore them (--ignore-unknown-groups, "
             "ignore_unknown=True)"
         )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsi_tools.errors import ConfigError, WsiToolsError
+from wsi_tools.errors import ConfigError, WsiToolsError, problem_list
 
 COLUMNS = ("slide_path", "set", "annotation_path", "slide_id", "mpp", "split")
 REQUIRED_COLUMNS = ("slide_path", "set")
@@ -155,10 +155,10 @@ def read_manifest(path: str | Path) -> Manifest:
         else:
             entries.append(ManifestEntry(line=line, **fields))  # type: ignore[arg-type]
     if problems:
-        listing = "\n  ".join(problems)
         raise ConfigError(
-            f"{path}: {len(problems)} problem(s) in the manifest, nothing was processed:\n  {listing}\n"
-            "Fix these rows (relative paths resolve against the manifest's folder) and run again."
+            f"{path}: {len(problems)} problem(s) in the manifest, nothing was processed: "
+            f"{problem_list(problems, str(path))}. Fix these rows (relative paths resolve against the "
+            "manifest's folder) and run again."
         )
     if not entries:
         raise ConfigError(f"{path}: the manifest has no slide rows; add one row per slide under the header")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -42,8 +43,23 @@ Typical flow:
   wsi-tools demo --out demo_out                 the whole method on a synthetic cohort
 
 Exit status: 0 success, 2 bad input (the message names the file and the fix),
-3 a batch finished but some slides failed.
+3 a batch finished but some slides failed, 1 verify or check found damage.
+Errors are one line; libraries' own log messages (tifffile, Dask) are shown
+only with --verbose.
 """
+
+# Loggers of the libraries underneath: their messages repeat, in their words, what
+# the toolkit's one-line error already says (a damaged file logs one line per tag).
+QUIET_LOGGERS = (
+    "tifffile",
+    "tiffslide",
+    "imagecodecs",
+    "asyncio",
+    "distributed",
+    "fsspec",
+    "numcodecs",
+    "zarr",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"wsi-tools {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the log messages of the libraries underneath (tifffile, Dask, ...); default: quiet",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def one_line(message: str) -> str:
+    """An error as one line (parsers' messages can hold newlines): scripts and logs
+    read errors line by line."""
+    return " / ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,10 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    if not args.verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or EXIT_OK)
     except WsiToolsError as error:
-        print(f"wsi-tools {args.command}: error: {error}", file=sys.stderr)
+        print(f"wsi-tools {args.command}: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"wsi-tools {args.command}: interrupted", file=sys.stderr)

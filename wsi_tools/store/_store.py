@@ -109,11 +109,7 @@ class PatchStore:
     def _group_names(self) -> list[str]:
         if not self.slides_dir.is_dir():
             return []
-        return sorted(
-            entry.name
-            for entry in os.scandir(self.slides_dir)
-            if entry.is_dir() and (Path(entry.path) / "zarr.json").exists()
-        )
+        return sorted(entry.name for entry in os.scandir(self.slides_dir) if entry.is_dir())
 
     def _status(self, name: str) -> str | None:
         try:
@@ -138,8 +134,14 @@ class PatchStore:
                     f"slide {name!r} of {self.path} is damaged: {error} (wsi-tools verify {self.path} "
                     "lists every damaged slide)"
                 ) from None
-            if status == STATUS_COMPLETE:
-                complete.append(name)
+            if status != STATUS_COMPLETE:
+                # Writers rename a group to its slide id only once it is complete.
+                raise StoreError(
+                    f"slide {name!r} of {self.path} is damaged: its status is {status!r} under its final "
+                    f"name, where only complete slides are (wsi-tools verify {self.path} lists every "
+                    "damaged slide; re-extract it with --overwrite)"
+                )
+            complete.append(name)
         return complete
 
     def leftovers(self, slide_id: str | None = None) -> list[str]:
@@ -185,6 +187,15 @@ class PatchStore:
         for name in removed:
             shutil.rmtree(self.slides_dir / name, ignore_errors=True)
         return removed
+
+    def remove_if_empty(self) -> bool:
+        """Delete the whole store when it holds no slide and no leftover (a store
+        created for a write that then failed); True when it was removed."""
+        self._require_writable()
+        if self._group_names():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     def is_complete(self, slide_id: str) -> bool:
         name = sanitize_slide_id(slide_id)
@@ -274,7 +285,24 @@ class PatchStore:
         return int(self._image_meta(slide_id)["shape"][0])
 
     def _image_meta(self, slide_id: str) -> dict[str, Any]:
-        return read_json(self._require_slide(slide_id) / "images" / "zarr.json")
+        """The images array's zarr.json, refused unless its shape and chunking are usable."""
+        path = self._require_slide(slide_id) / "images" / "zarr.json"
+        fix = "re-extract the slide (wsi-tools extract ... --overwrite) or restore it from a copy"
+        try:
+            meta = read_json(path)
+            shape = [int(size) for size in meta["shape"]]
+            per_shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        except FileNotFoundError:
+            raise StoreError(
+                f"{path}: missing, so slide {slide_id!r} has no patches to read; {fix}"
+            ) from None
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise StoreError(f"{path}: damaged metadata ({type(error).__name__}: {error}); {fix}") from None
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or min(shape) < 0 or per_shard < 1:
+            raise StoreError(
+                f"{path}: damaged metadata (shape {shape}, {per_shard} patches per shard); {fix}"
+            )
+        return meta
 
     def reader(self, slide_id: str) -> PatchReader:
         """A picklable fast reader of this slide's patches."""
