@@ -485,3 +485,32 @@ def test_a_fast_decoder_failure_warns_once_and_is_recorded(
             warnings.simplefilter("error")
             clone.read_level(0, 0, 0, 8, 8)
         clone.close()
+
+
+def test_auto_takes_the_backend_that_sees_the_whole_pyramid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSlide does not see a SubIFD pyramid; reading level 0 and shrinking it gives
+    the same pixels at up to 64x the work, so auto takes the reader with all levels
+    whichever it tries first, and info says why."""
+    from wsi_tools.slide import _registry
+
+    image = synthetic_tissue(2048, 2048, seed=3)
+    options = dict(
+        tile=(256, 256), photometric="rgb", compression="jpeg",
+        resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
+    )  # fmt: skip
+    path = tmp_path / "subifd.tif"
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(image, subifds=2, **options)
+        for factor in (4, 16):
+            small = cv2.resize(image, (2048 // factor, 2048 // factor), interpolation=cv2.INTER_AREA)
+            writer.write(small, subfiletype=1, **options)
+    with open_slide(path, backend="openslide") as slide:
+        assert slide.level_count == 1
+    for order in (("tiffslide", "openslide"), ("openslide", "tiffslide")):
+        monkeypatch.setattr(_registry, "backend_order", lambda _path, _backend, order=order: order)
+        with open_slide(path) as slide:
+            assert slide.backend == "tiffslide" and slide.level_count == 3
+            assert slide.backend_choice == "tiffslide is used: it sees 3 pyramid level(s), openslide only 1"
+            assert slide.describe()["backend_choice"] == slide.backend_choice

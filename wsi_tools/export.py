@@ -146,7 +146,7 @@ def export_png(
                     )
                 bar.update(stop - start)
     with open(out_dir / METADATA, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METADATA_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=METADATA_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return ExportResult(out_dir, len(rows), len(chosen), written, time.perf_counter() - started)

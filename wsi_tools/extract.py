@@ -121,7 +121,7 @@ class ExtractionConfig:
     )
     backend: str = option(
         "auto",
-        "slide reader: auto tries tiffslide for .svs/.tif/.tiff, then OpenSlide",
+        "slide reader: auto tries tiffslide for .svs/.tif/.tiff, then OpenSlide, and takes the one that sees more pyramid levels",
         check=one_of(*READER_CHOICES),
     )
     slide_mpp: float | None = option(
@@ -658,6 +658,8 @@ def _provenance(
     }
     if slide.reader_fallback:  # only then, so that stores read the fast way keep their bytes
         provenance["reader_fallback"] = slide.reader_fallback
+    if slide.backend_choice:
+        provenance["backend_choice"] = slide.backend_choice
     return provenance
 
 

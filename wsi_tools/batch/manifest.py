@@ -290,7 +290,7 @@ def build_manifest(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     base = out_path.parent
     with out_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
         for slide, set_name, xml in rows:
             annotation = _portable(xml, base) if xml is not None else ""

@@ -76,12 +76,24 @@ def _apply(settings: dict[str, Any], values: Mapping[str, Any], origin: str, bas
             # Relative to the config file (or the shell for a flag): workers may run elsewhere.
             # Anything else stays as is: a bare name such as "camelyon" names a shipped map.
             value = str((base / value).resolve())
+        if key == "label_map" and value is not None:
+            _check_label_map(value, origin)
         merged[key] = value
     try:
         config = extraction_config(merged, "weak", None)
     except ConfigError as error:
         raise ConfigError(f"{origin}: {error}") from None
     settings.update({key: getattr(config, key) for key in merged})
+
+
+def _check_label_map(value: Any, origin: str) -> None:
+    """A label map that does not load is reported against the config that names it."""
+    from wsi_tools.annotations import load_label_map
+
+    try:
+        load_label_map(value)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: label_map {value!r}: {error}") from None
 
 
 def load_settings(

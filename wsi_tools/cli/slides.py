@@ -221,7 +221,8 @@ def format_info(summary: dict[str, Any]) -> str:
     width, height = summary["dimensions"]
     lines = [
         f"slide        {summary['path']}",
-        f"backend      {summary['backend']}",
+        f"backend      {summary['backend']}"
+        + (f" ({summary['backend_choice']})" if summary.get("backend_choice") else ""),
         f"vendor       {summary['vendor'] or 'unknown'}",
         f"dimensions   {width} x {height} px (level 0)",
         f"mpp          {mpp_text}",

@@ -238,7 +238,7 @@ def write_mined_csv(mined: Iterable[MinedPatch], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MINED_COLUMNS)
         for m in mined:
             writer.writerow(
@@ -315,7 +315,7 @@ def write_false_positives_csv(false_positives: FalsePositives, path: str | Path)
     path = Path(path)
     fps = false_positives.table
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["slide_id", "index", "x", "y", "prob"])
         for s, i, (x, y), p in zip(
             fps.slide_ids, fps.indices, fps.coords, false_positives.probs, strict=True

@@ -289,7 +289,7 @@ class Predictor:
         from wsi_tools.annotations import write_asap_xml, write_qupath_geojson
 
         with (folder / "tiles.csv").open("w", newline="") as stream:
-            writer = csv.writer(stream)
+            writer = csv.writer(stream, lineterminator="\n")
             writer.writerow(["x", "y", "prob", "tissue_fraction"])
             for (x, y), probability, fraction in zip(origins.tolist(), probabilities, fractions, strict=True):
                 writer.writerow([x, y, f"{probability:.6f}", f"{fraction:.4f}"])
@@ -451,7 +451,7 @@ def write_slides_table(out: str | Path, predictions: Sequence[SlidePrediction], 
     """``OUT/slides.csv``: one row per slide of the run."""
     path = Path(out) / "slides.csv"
     with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(SLIDE_COLUMNS))
+        writer = csv.DictWriter(stream, fieldnames=list(SLIDE_COLUMNS), lineterminator="\n")
         writer.writeheader()
         for prediction in predictions:
             writer.writerow(

@@ -13,6 +13,7 @@ from wsi_tools.slide._protocol import WHITE, level0_location
 class OpenSlideBackend:
     name = "openslide"
     fallback: str | None = None
+    chosen_because: str | None = None
 
     def __init__(self, path: Path) -> None:
         import openslide

@@ -20,6 +20,8 @@ class SlideBackend(Protocol):
     properties: dict[str, str]
     # Why a faster path of this backend is not in use for this file (None: it is, or there is none).
     fallback: str | None
+    # Why ``auto`` chose this backend over the other (None: they agreed, or it was named).
+    chosen_because: str | None
 
     def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 pixels of an in-bounds box given in level pixels."""

@@ -37,6 +37,7 @@ def open_backend(path: Path, backend: str) -> SlideBackend:
         raise UnsupportedSlideError(f"{path}: no such slide file; check the path")
     check_tiff_structure(path)  # a truncated TIFF is refused here, whichever backend reads it
     failures: list[str] = []
+    opened: list[SlideBackend] = []
     for name in backend_order(path, backend):
         try:
             reader = _FACTORIES[name](path)
@@ -47,11 +48,30 @@ def open_backend(path: Path, backend: str) -> SlideBackend:
             reader.close()
             failures.append(f"{name}: no image levels")
             continue
-        return reader
+        opened.append(reader)
+    if opened:
+        return _fullest_pyramid(opened)
     raise UnsupportedSlideError(
         f"{path}: cannot be opened as a slide ({'; '.join(failures)}); "
         "give an Aperio SVS or another format OpenSlide reads"
     )
+
+
+def _fullest_pyramid(readers: list[SlideBackend]) -> SlideBackend:
+    """The reader that sees the most pyramid levels, the first on a tie; the others
+    are closed. The backends disagree on some writers' TIFFs (reduced-resolution
+    pages, SubIFD pyramids): the pixels stay right either way, but a reader that
+    misses the small levels reads level 0 and shrinks it, up to 64x the work."""
+    chosen = max(readers, key=lambda reader: len(reader.level_dimensions))
+    for reader in readers:
+        if reader is not chosen:
+            if len(reader.level_dimensions) < len(chosen.level_dimensions):
+                chosen.chosen_because = (
+                    f"{chosen.name} is used: it sees {len(chosen.level_dimensions)} pyramid level(s), "
+                    f"{reader.name} only {len(reader.level_dimensions)}"
+                )
+            reader.close()
+    return chosen
 
 
 # --------------------------------------------------------------------------- metadata

@@ -68,6 +68,7 @@ class Slide:
         self._mpp_problem: str | None = None
         # Once per slide: a re-opened handle (another worker) takes the same path silently.
         self.reader_fallback = reader.fallback
+        self.backend_choice = reader.chosen_because
         if reader.fallback:
             self._warn(f"{self.path}: {reader.fallback}")
         try:
@@ -406,6 +407,7 @@ class Slide:
             "fingerprint": self.fingerprint,
             "file_size": self.path.stat().st_size,
             "reader_fallback": self.reader_fallback,
+            "backend_choice": self.backend_choice,
             "warnings": list(self.warnings),
         }
 

@@ -23,6 +23,7 @@ class TiffSlideBackend:
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.properties = {str(k): str(v) for k, v in self._slide.properties.items() if v is not None}
         self.fallback: str | None = None
+        self.chosen_because: str | None = None
         try:
             self._tiles: TileDecoder | None = TileDecoder(path, self._slide, self.level_dimensions)
         except Exception as error:  # an unusual layout: tiffslide reads it, more slowly

@@ -153,7 +153,7 @@ def generate_cohort(out_dir: str | Path, config: CohortConfig = CohortConfig()) 
         slides.append(_write_weak_slide(root / "weak", f"weak_{index:02d}", config, seed_offset=1000 + index))
     manifest = root / "manifest.csv"
     with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["slide_path", "set", "annotation_path", "slide_id"])
         for slide in slides:
             annotation = slide.annotation_path.relative_to(root) if slide.annotation_path else ""

@@ -122,7 +122,7 @@ def assert_disjoint(groups: Mapping[str, Iterable[str]]) -> None:
 def write_splits_csv(splits: Mapping[str, str], path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["slide_id", "split"])
         for slide_id in sorted(splits, key=lambda s: (SPLIT_NAMES.index(splits[s]), s)):
             writer.writerow([slide_id, splits[slide_id]])
