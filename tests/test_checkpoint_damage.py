@@ -101,3 +101,43 @@ def test_non_finite_model_outputs_are_an_error() -> None:
     check_finite_outputs(np.zeros((3, 4), np.float32), "embeddings")
     with pytest.raises(ModelError, match="non-finite logits for 1 of 3 patches"):
         check_finite_outputs(np.array([0.1, np.nan, 2.0], np.float32), "logits")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("no config", "checkpoint lacks config"),
+        ("no model", "checkpoint lacks model"),
+        (
+            "wrong shape",
+            "weights do not fit the model (resnet18, one logit): size mismatch for backbone.fc.weight",
+        ),
+        (
+            "extra key",
+            'weights do not fit the model (resnet18, one logit): Unexpected key(s) in state_dict: "extra.w"',
+        ),
+    ],
+)
+def test_a_checkpoint_of_the_wrong_shape_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, message: str
+) -> None:
+    from wsi_tools.train.model import build_model
+
+    state = build_model("none", 32).state_dict()
+    if damage == "wrong shape":
+        state["backbone.fc.weight"] = torch.zeros(3, 3)
+    if damage == "extra key":
+        state["extra.w"] = torch.zeros(2)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, Checkpoint(config={"input_size": 32}, model=state, splits={"s": "train"}))
+    payload = torch.load(path, weights_only=True)
+    if damage.startswith("no "):
+        payload.pop(damage.removeprefix("no "))
+        torch.save(payload, path)
+    for command in (["evaluate", "--workers", "0"], ["mine", "--out", str(tmp_path / "m")]):
+        code = main(
+            [command[0], "--checkpoint", str(path), "--store", str(tmp_path / "s.zarr"), *command[1:]]
+        )
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "best.pt" in err and message in err

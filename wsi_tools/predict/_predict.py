@@ -109,7 +109,7 @@ class Predictor:
 
         from wsi_tools.slide import file_fingerprint
         from wsi_tools.train.augment import BatchTransform
-        from wsi_tools.train.checkpoint import load_checkpoint
+        from wsi_tools.train.checkpoint import load_checkpoint, load_weights
         from wsi_tools.train.inference import inference_runtime, prepare_model
         from wsi_tools.train.model import PatchClassifier
 
@@ -130,7 +130,7 @@ class Predictor:
         self.stride = stride
         self.runtime = inference_runtime(self.config.device)
         model = PatchClassifier(train_config.input_size)
-        model.load_state_dict(record.model)
+        load_weights(model, record.model, self.checkpoint)
         self.model = prepare_model(model, self.runtime)
         self.transform = BatchTransform(train_config.input_size, augment=False).to(self.runtime.device)
         self.checkpoint_fingerprint = file_fingerprint(self.checkpoint)

@@ -185,9 +185,26 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: not a wsi-tools checkpoint (expected best.pt or last.pt from `wsi-tools train`)"
         )
-    if "model" in checkpoint:
-        check_model_state(path, checkpoint["model"], checkpoint.get("model_sha256"))
+    lacking = [key for key in ("config", "model") if not isinstance(checkpoint.get(key), dict)]
+    if lacking:
+        raise ConfigError(
+            f"{path}: checkpoint lacks {' and '.join(lacking)}; it is damaged or not from `wsi-tools train`"
+        )
+    check_model_state(path, checkpoint["model"], checkpoint.get("model_sha256"))
     return checkpoint
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, Any], source: str | Path) -> None:
+    """``model.load_state_dict(state)``, a mismatch being a ModelError naming the file
+    (a state dict of another architecture or input size) instead of torch's traceback."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise ModelError(
+            f"{source}: its weights do not fit the model ({ARCHITECTURE}): {first}; use a checkpoint "
+            "written by `wsi-tools train`"
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from wsi_tools.errors import ModelError
 from wsi_tools.train.augment import BatchTransform
-from wsi_tools.train.checkpoint import load_checkpoint
+from wsi_tools.train.checkpoint import load_checkpoint, load_weights
 from wsi_tools.train.config import TrainConfig
 from wsi_tools.train.data import (
     PatchDataset,
@@ -213,6 +213,6 @@ def load_model(
     state = load_checkpoint(checkpoint)
     config = state.train_config(str(checkpoint))
     model = PatchClassifier(config.input_size)
-    model.load_state_dict(state.model)
+    load_weights(model, state.model, checkpoint)
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device).eval(), config

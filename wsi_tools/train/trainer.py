@@ -83,6 +83,7 @@ from wsi_tools.train.checkpoint import (
     check_store_fingerprint,
     link_or_copy,
     load_checkpoint,
+    load_weights,
     pixel_recipe,
     save_checkpoint,
 )
@@ -269,7 +270,7 @@ class _Run:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
         if checkpoint is not None:
-            unwrap(model).load_state_dict(checkpoint.model)
+            load_weights(unwrap(model), checkpoint.model, "the resumed checkpoint")
             optimizer.load_state_dict(checkpoint.optimizer)
             scaler.load_state_dict(checkpoint.scaler)
         # An extended (or shortened) resumed run re-spans the cosine over its new length.
@@ -417,7 +418,7 @@ class _Run:
         _write_history(record.history, self.out_dir / "history.csv")
         plot_loss(record.history, self.out_dir / "loss.png", record.best_epoch)
         best_model = PatchClassifier(self.config.input_size)
-        best_model.load_state_dict(load_checkpoint(best_path).model)
+        load_weights(best_model, load_checkpoint(best_path).model, best_path)
         metrics = report(
             prepare_model(best_model, self.runtime),
             self.store_path,
