@@ -299,3 +299,29 @@ def test_test_split_is_never_a_false_positive_source():
         from wsi_tools.mining.mine import MiningConfig
 
         MiningConfig(fp_source="test")
+
+
+def test_implausible_mining_is_warned_about(weak_run, tmp_path, capsys):
+    """Tried: 100 of 100 negatives flagged and 43% of the pool mined, silently."""
+    from wsi_tools.cli import main
+    from wsi_tools.mining.mine import implausible_mining
+
+    assert implausible_mining(10, 100, 5, 1000, 0.1) == []
+    assert len(implausible_mining(100, 100, 430, 1000, 0.1)) == 2
+    store_path, weak = weak_run
+    # Threshold 0: every negative scores at or above it, so every one is a "false positive".
+    args = [
+        "mine",
+        "--checkpoint",
+        str(weak.best_checkpoint),
+        "--store",
+        str(store_path),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*args, "--threshold", "0", "--alpha", "5", "--no-progress", "--num-workers", "0"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "warning:" in line]
+    assert any("negatives positive (100%) at threshold 0.0" in line for line in lines), err
+    assert any("were mined: that is much of the pool" in line for line in lines), err
+    assert all(line.startswith("wsi-tools mine: warning: ") for line in lines)

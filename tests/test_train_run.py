@@ -376,3 +376,16 @@ def test_a_run_without_validation_or_test_slides_is_refused(
     assert not (tmp_path / "run" / "best.pt").exists()
     assert main([*args, "--set", "allow_empty_splits=true"]) == 0  # the explicit way to do it anyway
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_the_run_eta_is_printed_and_a_long_run_gets_a_note(
+    small_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert [trainer._duration(s) for s in (12, 420, 7500)] == ["12s", "7m", "2h05m"]
+    monkeypatch.setattr(trainer, "LONG_RUN_S", 0.0)  # every run is "long": the note must appear
+    config = load_config(None, [*QUICK, "epochs=2", "augment=false", "bootstrap=0"])
+    train(config, small_store, tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    epoch_lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert "run ETA" in epoch_lines[0] and "run ETA" not in epoch_lines[-1]  # nothing left after the last
+    assert "note: at this pace the remaining 1 epoch(s) take about" in err

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from wsi_tools import __version__
@@ -87,6 +88,16 @@ def one_line(message: str) -> str:
     return " / ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+def show_warnings_as_lines(command: str) -> None:
+    """Warnings as ``wsi-tools CMD: warning: ...`` lines, like errors (Python's default
+    adds the file, line number and source line of the library)."""
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        print(f"wsi-tools {command}: warning: {one_line(str(message))}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -96,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    show_warnings_as_lines(args.command)
     try:
         return int(args.func(args) or EXIT_OK)
     except WsiToolsError as error:

@@ -18,8 +18,9 @@ nearest neighbours in the weak set (the mined hard negatives).
 from __future__ import annotations
 
 import csv
+import warnings as python_warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +113,37 @@ class MiningResult:
     csv_path: Path | None = None
     cache_path: Path | None = None
     cache_reused: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def mined_refs(self) -> list[PatchRef]:
         return [patch.ref for patch in self.mined]
+
+
+# Past these shares mining is not finding *hard* negatives: a model that calls most
+# negatives positive is undertrained (or the threshold is too low), and a mined set
+# that is a large part of the pool is the weak set again, not its hard cases.
+IMPLAUSIBLE_FP_SHARE = 0.5
+IMPLAUSIBLE_MINED_SHARE = 0.25
+
+
+def implausible_mining(
+    n_false_positives: int, n_candidates: int, n_mined: int, pool_size: int, threshold: float
+) -> list[str]:
+    """Warnings for a mining result that cannot be what the method means."""
+    found = []
+    if n_candidates and n_false_positives / n_candidates > IMPLAUSIBLE_FP_SHARE:
+        found.append(
+            f"the model calls {n_false_positives} of {n_candidates} negatives positive "
+            f"({n_false_positives / n_candidates:.0%}) at threshold {threshold}: it is probably undertrained "
+            "(more epochs) or the threshold is too low, and these are not hard negatives"
+        )
+    if pool_size and n_mined / pool_size > IMPLAUSIBLE_MINED_SHARE:
+        found.append(
+            f"{n_mined} of the {pool_size} weak patches ({n_mined / pool_size:.0%}) were mined: that is much of "
+            "the pool, not its hard cases; lower alpha or check the false positives above"
+        )
+    return found
 
 
 def fp_candidate_table(
@@ -388,6 +416,11 @@ def run_mining(
         csv_path=write_mined_csv(mined, out_dir / "mined.csv"),
         cache_path=cache.path,
         cache_reused=cache.reused,
+        warnings=implausible_mining(
+            len(false_positives.table), false_positives.n_candidates, len(mined), len(pool), config.threshold
+        ),
     )
+    for message in result.warnings:
+        python_warnings.warn(f"{checkpoint}: {message}", UserWarning, stacklevel=2)
     write_false_positives_csv(false_positives, out_dir / "false_positives.csv")
     return result

@@ -170,6 +170,20 @@ def train(
             dist.destroy_process_group()
 
 
+LONG_RUN_S = 2 * 3600  # a run longer than this gets a note after its first epoch
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return (
+        f"{minutes // 60}h{minutes % 60:02d}m"
+        if minutes >= 60
+        else f"{max(minutes, 1)}m"
+        if seconds >= 60
+        else f"{seconds:.0f}s"
+    )
+
+
 @dataclass
 class _Run:
     """One training run: its inputs, where it computes, and what it has written."""
@@ -179,6 +193,8 @@ class _Run:
     out_dir: Path
     runtime: Runtime
     progress: bool
+    loop_started: float = 0.0
+    first_epoch: int = 1
 
     def train(
         self,
@@ -213,6 +229,7 @@ class _Run:
         dataset, batch_transform = self._training_data(built.table)
         best_path, last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
         stale = 0 if not record.history else record.epoch - record.best_epoch
+        self.loop_started, self.first_epoch = time.perf_counter(), record.epoch + 1
         for epoch in range(record.epoch + 1, config.epochs + 1):
             if config.early_stopping_patience and stale >= config.early_stopping_patience:
                 log(runtime, f"early stopping: no lower validation loss for {stale} epoch(s)")
@@ -402,9 +419,27 @@ class _Run:
             f"epoch {epoch}/{self.config.epochs}  train loss {train_loss:.4f}  val loss "
             + ("-" if val_loss is None else f"{val_loss:.4f}")
             + f"  lr {lr:.2e}  {row['patches_per_s']:.1f} patches/s"
-            + ("  (best)" if improved else ""),
+            + ("  (best)" if improved else "")
+            + self._eta(epoch),
         )
         return improved
+
+    def _eta(self, epoch: int) -> str:
+        """The time left for the whole run at this run's pace (training and validation),
+        and, after its first epoch, a note when that is many hours."""
+        remaining = self.config.epochs - epoch
+        if remaining <= 0:
+            return ""
+        per_epoch = (time.perf_counter() - self.loop_started) / (epoch - self.first_epoch + 1)
+        left = per_epoch * remaining
+        if epoch == self.first_epoch and left > LONG_RUN_S:
+            log(
+                self.runtime,
+                f"note: at this pace the remaining {remaining} epoch(s) take about {left / 3600:.1f} h on "
+                f"{self.runtime.device} (early stopping may end it sooner); fewer epochs, a smaller "
+                "input_size or a GPU shorten it",
+            )
+        return f"  run ETA {_duration(left)}"
 
     def _finish(
         self,
