@@ -140,9 +140,11 @@ def test_build_manifest_from_folders(tmp_path: Path) -> None:
     weak = tmp_path / "weak"
     touch(weak / "w1.svs")
     touch(weak / "p1.svs")  # same stem as a hard slide: ids made unique
+    for other in ("h.ndpi", "m.mrxs", "l.scn", "v.bif"):  # every format the backends open
+        touch(weak / other)
     out = tmp_path / "lists" / "manifest.csv"
     built = build_manifest(archive, out, weak_dir=weak)
-    assert (built.n_hard, built.n_weak) == (2, 2)
+    assert (built.n_hard, built.n_weak) == (2, 6)
     assert len(built.skipped) == 1 and "lonely.svs" in built.skipped[0]
     rows = list(csv.DictReader(out.open()))
     assert all(not Path(row["slide_path"]).is_absolute() for row in rows)  # portable
@@ -152,8 +154,9 @@ def test_build_manifest_from_folders(tmp_path: Path) -> None:
     assert by_path[archive / "p1.svs"].annotation_path == archive / "p1.xml"
     assert by_path[archive / "deep" / "p2.tiff"].slide_id == "p2"
     assert by_path[weak / "w1.svs"].set == "weak" and by_path[weak / "w1.svs"].annotation_path is None
+    assert by_path[weak / "h.ndpi"].set == "weak" and by_path[weak / "m.mrxs"].slide_id == "m"
     ids = [entry.slide_id for entry in manifest.entries]
-    assert len(set(ids)) == len(ids) == 4
+    assert len(set(ids)) == len(ids) == 8
 
 
 def test_build_manifest_without_slides_fails(tmp_path: Path) -> None:

@@ -239,7 +239,8 @@ def test_cli_train_and_evaluate(
     assert (run / "eval-val" / "metrics.json").is_file()
     # Bad input: one line naming the key, exit 2.
     assert main(["train", "--store", str(small_store), "--out", str(run), "--set", "epoch=2"]) == 2
-    assert "'epoch'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'epoch'" in err and "did you mean epochs?" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: fast\n")
     assert main(["train", "--config", str(bad), "--store", str(small_store), "--out", str(run)]) == 2

@@ -181,9 +181,17 @@ def from_mapping(cls: type, mapping: Mapping[str, Any], source: str, section: st
     known = {spec.name for spec in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - known)
     if unknown:
+        import difflib
+
+        guesses = [
+            f"{prefix}{k}: did you mean {prefix}{close[0]}?"
+            for k in unknown
+            if (close := difflib.get_close_matches(str(k), sorted(known), n=1, cutoff=0.75))
+        ]
         raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(repr(prefix + str(k)) for k in unknown)}; "
-            f"known keys{' in ' + section if section else ''}: {', '.join(sorted(known))}"
+            f"{source}: unknown key(s) {', '.join(repr(prefix + str(k)) for k in unknown)}"
+            + (f" ({'; '.join(guesses)})" if guesses else "")
+            + f"; known keys{' in ' + section if section else ''}: {', '.join(sorted(known))}"
         )
     values = {}
     for key, value in mapping.items():

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_tools.errors import ConfigError, WsiToolsError, problem_list
+from wsi_tools.slide import SLIDE_SUFFIXES
 
 COLUMNS = ("slide_path", "set", "annotation_path", "slide_id", "mpp", "split")
 REQUIRED_COLUMNS = ("slide_path", "set")
 SETS = ("hard", "weak")
 SPLITS = ("train", "val", "test")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def build_manifest(
 ) -> BuiltManifest:
     """Write a manifest for a folder of slides.
 
-    A slide (*.svs, *.tif, *.tiff; searched recursively) with an XML of the same
+    A slide (any format OpenSlide or tiffslide reads: .svs, .tif, .ndpi, .mrxs, .scn, ...; searched recursively) with an XML of the same
     stem beside it is ``hard``; every slide under ``weak_dir`` is ``weak``;
     other slides are left out and listed in ``skipped``.
     """
@@ -281,7 +281,7 @@ def build_manifest(
             rows.append((slide, "hard", xml))
     if not rows:
         raise ConfigError(
-            f"{slide_dir}: no slides found (*.svs, *.tif, *.tiff with an XML of the same stem"
+            f"{slide_dir}: no slides found ({', '.join(sorted(SLIDE_SUFFIXES))} with an XML of the same stem"
             + (", or any slide under --weak-dir)" if weak_root else "; pass --weak-dir for weak-set slides)")
         )
     rows.sort(key=lambda row: (row[1], str(row[0])))

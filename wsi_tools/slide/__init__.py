@@ -28,13 +28,14 @@ properties, the file fingerprint), ``_slide`` (:class:`Slide`), ``_tiff_check``
 from wsi_tools.slide._check import SlideCheck, check_slide
 from wsi_tools.slide._metadata import file_fingerprint
 from wsi_tools.slide._protocol import SlideBackend
-from wsi_tools.slide._registry import BACKENDS, READER_CHOICES, TIFF_SUFFIXES, open_backend
+from wsi_tools.slide._registry import BACKENDS, READER_CHOICES, SLIDE_SUFFIXES, TIFF_SUFFIXES, open_backend
 from wsi_tools.slide._slide import MPP_FIX, Slide, open_slide
 
 __all__ = [
     "BACKENDS",
     "MPP_FIX",
     "READER_CHOICES",
+    "SLIDE_SUFFIXES",
     "TIFF_SUFFIXES",
     "Slide",
     "SlideBackend",

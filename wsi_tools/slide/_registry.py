@@ -14,6 +14,8 @@ from wsi_tools.slide._tiffslide import TiffSlideBackend
 BACKENDS: tuple[str, ...] = ("openslide", "tiffslide")
 READER_CHOICES = ("auto", *BACKENDS)  # what a config or flag may name: auto picks by suffix
 TIFF_SUFFIXES = frozenset({".svs", ".tif", ".tiff"})
+# Every single-file or index-file format OpenSlide reads (a manifest collects these).
+SLIDE_SUFFIXES = TIFF_SUFFIXES | {".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi"}
 
 _FACTORIES: dict[str, Callable[[Path], SlideBackend]] = {
     "openslide": OpenSlideBackend,
