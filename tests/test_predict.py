@@ -238,3 +238,65 @@ def test_real_slides_a_heatmap_on_cmu1_and_a_question_for_the_mpp_of_the_tcga_cr
     assert main(argv) == 3
     failure = json.loads((tmp_path / "tcga" / "failures.json").read_text())[0]
     assert "--slide-mpp" in failure["error"]
+
+
+def test_a_manifest_with_labels_gives_slide_and_patient_level_metrics(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kanavati et al.'s Table 1: ROC AUC and log loss of the slide scores, with
+    bootstrap CIs, per slide and per patient (the maximum over its slides)."""
+    checkpoint, with_regions, without, _ = trained
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(
+        "slide_path,slide_id,slide_label,patient_id,set\n"
+        f"{with_regions},a_pos,1,p1,hard\n"
+        f"{without},a_neg,0,p1,weak\n"  # p1 is positive: one of their slides is
+        f"{with_regions},b_pos,1,p2,\n"
+        f"{without},c_neg,0,p3,\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    argv = ["predict", "--manifest", str(manifest), "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv += ["--mpp", "0.5", "--patch-size", "64", "--no-progress", "--bootstrap", "200"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "slides (n=4, 2 positive): auroc 1.000" in printed and "patients (n=3, 2 positive)" in printed
+    with (out / "slides.csv").open() as stream:
+        rows = {row["slide_id"]: row for row in csv.DictReader(stream)}
+    assert rows["a_neg"]["slide_label"] == "0" and rows["a_neg"]["patient_id"] == "p1"
+    with (out / "patients.csv").open() as stream:
+        patients = {row["patient_id"]: row for row in csv.DictReader(stream)}
+    assert patients["p1"]["patient_label"] == "1" and patients["p1"]["n_slides"] == "2"
+    assert float(patients["p1"]["score_max"]) == pytest.approx(float(rows["a_pos"]["score_max"]))
+    metrics = json.loads((out / "slide_metrics.json").read_text())
+    slide = metrics["slide"]
+    assert slide["auroc"]["value"] == 1.0 and slide["n"] == 4 and slide["bootstrap"]["resamples"] == 200
+    assert 0 <= slide["log_loss"]["value"] < 10 and slide["log_loss"]["ci95"][0] is not None
+    assert metrics["patient"]["n"] == 3 and metrics["patient"]["n_positive"] == 2
+    assert (out / "slide_roc.png").stat().st_size > 10_000
+
+
+def test_a_bad_predict_manifest_is_one_line_before_any_work(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, with_regions, _, _ = trained
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text(
+        f"slide_path,slide_label,mpp\n{with_regions},2,\n{tmp_path / 'gone.svs'},,abc\n", encoding="utf-8"
+    )
+    argv = [
+        "predict",
+        "--manifest",
+        str(manifest),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "3 problem(s)" in err
+    assert "line 2: slide_label '2' must be 0 or 1" in err and "line 3: slide file not found" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
+    assert "give SLIDE... or --manifest CSV" in capsys.readouterr().err

@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_tools.cli._common import add_command, add_print_config, print_config
+
+if TYPE_CHECKING:
+    from wsi_tools.predict import CohortSlide, SlidePrediction
 
 EXIT_SOME_FAILED = 3
 
@@ -47,7 +51,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "predict", "apply a trained model to whole slides: heatmaps, scores, regions", DESCRIPTION
     )
-    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="whole-slide images")
+    parser.add_argument("slides", nargs="*", metavar="SLIDE", help="whole-slide images (or give --manifest)")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="CSV",
+        help="slides to predict: slide_path, and optionally slide_id, slide_label (0/1: slide- and "
+        "patient-level ROC AUC and log loss with bootstrap CIs), patient_id, mpp (default: none)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the CIs (default: 1000)",
+    )
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt of a training run")
     parser.add_argument(
         "--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)"
@@ -77,12 +95,16 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     if args.print_config:
         return print_config(to_plain(config))
+    cohort = _cohort(args)
     predictor = Predictor(args.checkpoint, config)
     args.out.mkdir(parents=True, exist_ok=True)
     predictions, failures = [], []
-    for slide in args.slides:
+    for entry in cohort:
+        slide = entry.slide_path
         try:
-            prediction = predictor.predict_slide(slide, args.out, overwrite=args.overwrite)
+            prediction = predictor.predict_slide(
+                slide, args.out, slide_id=entry.slide_id, slide_mpp=entry.mpp, overwrite=args.overwrite
+            )
         except WsiToolsError as error:
             failures.append(
                 {"slide_path": str(slide), "error": str(error), "error_type": type(error).__name__}
@@ -101,7 +123,49 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{scores.get('n_positive', 0)}/{scores.get('n_tiles', 0)} windows >= {predictor.threshold:g} "
             f"-> {prediction.out_dir}"
         )
-    table = write_slides_table(args.out, predictions, predictor.threshold)
+    labels = {
+        e.slide_id: {"slide_label": e.slide_label, "patient_id": e.patient_id}
+        for e in cohort
+        if e.slide_label is not None or e.patient_id is not None
+    }
+    table = write_slides_table(args.out, predictions, predictor.threshold, labels)
     (args.out / "failures.json").write_text(json.dumps(failures, indent=1))
     print(f"{len(predictions)} slide(s) done, {len(failures)} failed; scores: {table}")
+    _evaluate(args, cohort, predictions, predictor.threshold)
     return EXIT_SOME_FAILED if failures else 0
+
+
+def _cohort(args: argparse.Namespace) -> list[CohortSlide]:
+    from wsi_tools.errors import ConfigError
+    from wsi_tools.predict import CohortSlide, read_cohort  # noqa: F811 - the runtime import
+    from wsi_tools.store import sanitize_slide_id
+
+    if args.manifest and args.slides:
+        raise ConfigError("give slides or --manifest CSV, not both")
+    if args.manifest:
+        return read_cohort(args.manifest)
+    if not args.slides:
+        raise ConfigError("no slides: give SLIDE... or --manifest CSV")
+    return [CohortSlide(0, Path(s), sanitize_slide_id(Path(s).stem)) for s in args.slides]
+
+
+def _evaluate(
+    args: argparse.Namespace, cohort: list[CohortSlide], predictions: list[SlidePrediction], threshold: float
+) -> None:
+    from wsi_tools.predict import evaluate_cohort, metrics_lines, patient_scores, write_patients_table
+
+    scores = {p.slide_id: float(p.scores["score_max"]) for p in predictions if "score_max" in p.scores}
+    patients = patient_scores(cohort, scores)
+    if patients:
+        print(f"patients: {write_patients_table(args.out / 'patients.csv', patients)}")
+    report = evaluate_cohort(
+        cohort,
+        scores,
+        threshold,
+        args.out,
+        n_bootstrap=args.bootstrap,
+        title="/".join(Path(args.checkpoint).resolve().parts[-2:]),
+    )
+    if report is not None:
+        print("\n".join(metrics_lines(report)))
+        print(f"slide-level metrics: {args.out / 'slide_metrics.json'}, ROC: {args.out / 'slide_roc.png'}")

@@ -22,7 +22,7 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,7 +201,13 @@ class Predictor:
     # ------------------------------------------------------------------ one slide
 
     def predict_slide(
-        self, slide_path: str | Path, out: str | Path, *, slide_id: str | None = None, overwrite: bool = False
+        self,
+        slide_path: str | Path,
+        out: str | Path,
+        *,
+        slide_id: str | None = None,
+        slide_mpp: float | None = None,
+        overwrite: bool = False,
     ) -> SlidePrediction:
         """Score one slide and write its outputs to ``out/<slide_id>/`` (see the module docstring)."""
         from tqdm import tqdm
@@ -218,7 +224,8 @@ class Predictor:
         done = _previous(final, settings, overwrite)
         if done is not None:
             return SlidePrediction(slide_id, str(slide_path), "skipped", final, done.get("scores", {}))
-        with open_slide(slide_path, backend=self.config.backend, mpp=self.config.slide_mpp) as slide:
+        mpp = slide_mpp if slide_mpp is not None else self.config.slide_mpp
+        with open_slide(slide_path, backend=self.config.backend, mpp=mpp) as slide:
             plan = slide.plan(self.pixels.target_mpp, self.pixels.tolerance)
             extent = plan.level0_extent(self.pixels.patch_size)
             grid = sliding_grid(slide.dimensions, extent, self.pixels.patch_size // self.stride)
@@ -447,15 +454,27 @@ def _swap_in(temporary: Path, final: Path) -> None:
     os.rename(temporary, final)
 
 
-def write_slides_table(out: str | Path, predictions: Sequence[SlidePrediction], threshold: float) -> Path:
-    """``OUT/slides.csv``: one row per slide of the run."""
+def write_slides_table(
+    out: str | Path,
+    predictions: Sequence[SlidePrediction],
+    threshold: float,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """``OUT/slides.csv``: one row per slide of the run; ``extra`` adds columns per
+    slide id (a manifest's slide_label and patient_id)."""
     path = Path(out) / "slides.csv"
+    extra = extra or {}
+    extra_columns = list(dict.fromkeys(key for row in extra.values() for key in row))
     with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(SLIDE_COLUMNS), lineterminator="\n")
+        writer = csv.DictWriter(stream, fieldnames=[*SLIDE_COLUMNS, *extra_columns], lineterminator="\n")
         writer.writeheader()
         for prediction in predictions:
             writer.writerow(
                 {
+                    **{
+                        key: "" if value is None else value
+                        for key, value in extra.get(prediction.slide_id, {}).items()
+                    },
                     "slide_id": prediction.slide_id,
                     "threshold": threshold,
                     "status": prediction.status,

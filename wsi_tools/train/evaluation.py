@@ -90,8 +90,9 @@ def report(
     table, probs = scored[primary]
     _, slide_labels, slide_probs = slide_scores(table.slide_ids, table.labels, probs)
     curves = {"patch": (table.labels, probs), "slide (max patch)": (slide_labels, slide_probs)}
-    plot_roc(curves, out_dir / "roc.png", title=f"ROC, {primary} split")
-    plot_pr(curves, out_dir / "pr.png", title=f"Precision-recall, {primary} split")
+    which = f"ResNet18, seed {config.seed}, {primary} split"
+    plot_roc(curves, out_dir / "roc.png", title=f"ROC - {which}", threshold=config.threshold)
+    plot_pr(curves, out_dir / "pr.png", title=f"Precision-recall - {which}", threshold=config.threshold)
     return {
         **per_split[primary]["patch"],
         "split": primary,

@@ -27,22 +27,46 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def plot_roc(curves: Mapping[str, Curve], path: str | Path, title: str = "ROC") -> Path:
-    """One ROC line per named (labels, probs) pair that has both classes."""
+def _operating_point(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(1 - specificity, sensitivity, precision) of ``probs >= threshold``."""
+    predicted = np.asarray(probs) >= threshold
+    positive = np.asarray(labels) == 1
+    tp, fp = int((predicted & positive).sum()), int((predicted & ~positive).sum())
+    sensitivity = tp / max(int(positive.sum()), 1)
+    fpr = fp / max(int((~positive).sum()), 1)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    return fpr, sensitivity, precision
+
+
+def plot_roc(
+    curves: Mapping[str, Curve], path: str | Path, title: str = "ROC", threshold: float | None = None
+) -> Path:
+    """One ROC line per named (labels, probs) pair that has both classes; the
+    decision threshold marked on each when given."""
     figure, axes = _figure()
     for name, (labels, probs) in curves.items():
         if len(set(np.asarray(labels).tolist())) < 2:
             continue
         fpr, tpr, _ = roc_curve(labels, probs)
-        axes.plot(fpr, tpr, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+        (line,) = axes.plot(fpr, tpr, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+        if threshold is not None:
+            x, y, _ = _operating_point(np.asarray(labels), np.asarray(probs), threshold)
+            axes.plot([x], [y], "o", color=line.get_color(), markersize=6)
+            axes.annotate(f"t={threshold:g}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=7)
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axes.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right", fontsize=8)
     return _save(figure, Path(path))
 
 
-def plot_pr(curves: Mapping[str, Curve], path: str | Path, title: str = "Precision-recall") -> Path:
-    """Precision-recall of the positive class, with its prevalence as the chance line."""
+def plot_pr(
+    curves: Mapping[str, Curve],
+    path: str | Path,
+    title: str = "Precision-recall",
+    threshold: float | None = None,
+) -> Path:
+    """Precision-recall of the positive class, with its prevalence as the chance line
+    and the decision threshold marked when given."""
     figure, axes = _figure()
     for name, (labels, probs) in curves.items():
         labels = np.asarray(labels)
@@ -52,6 +76,13 @@ def plot_pr(curves: Mapping[str, Curve], path: str | Path, title: str = "Precisi
         ap = average_precision_score(labels, probs, pos_label=1)
         (line,) = axes.step(recall, precision, where="post", label=f"{name} (AUPRC {ap:.3f})")
         axes.axhline(labels.mean(), color=line.get_color(), linestyle=":", linewidth=1)
+        if threshold is not None:
+            _, sensitivity, point_precision = _operating_point(labels, np.asarray(probs), threshold)
+            axes.plot([sensitivity], [point_precision], "o", color=line.get_color(), markersize=6)
+            axes.annotate(
+                f"t={threshold:g}", (sensitivity, point_precision), textcoords="offset points",
+                xytext=(6, 4), fontsize=7,
+            )  # fmt: skip
     axes.set(xlabel="recall (sensitivity)", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower left", fontsize=8)
     return _save(figure, Path(path))
