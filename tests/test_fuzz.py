@@ -1,4 +1,5 @@
-"""A seeded fuzz suite: damaged annotation files, slides, stores and checkpoints.
+"""A seeded fuzz suite: damaged annotation files (ASAP XML, QuPath GeoJSON), slides,
+stores and checkpoints, bad manifests and option values.
 
 Every case must end one of two ways: exit 0 with a correct result, or a clean
 one-line error with exit 2 (``verify``: 1). Never a traceback, a hang (each case
@@ -179,6 +180,43 @@ def test_mutated_real_asap_files(
             assert path.name in _one_error_line(captured.err, "annotations"), f"case {case}"
             outcomes["error"] += 1
     assert outcomes["ok"] > 10 and outcomes["error"] > 10  # both paths were exercised
+
+
+def geojson_bad_number(data: bytes, rng: random.Random) -> tuple[bytes, list[int]]:
+    numbers = list(re.finditer(rb"-?\d+\.?\d*(?:e[+-]?\d+)?", data))
+    match = rng.choice(numbers)
+    value = rng.choice([b"NaN", b"Infinity", b"1e400", b"-1e308", b'"7"', b"null", b"[]", b"9" * 400])
+    return data[: match.start()] + value + data[match.end() :], [match.start()]
+
+
+def test_mutated_qupath_geojson(real_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same for GeoJSON: CAMELYON16's annotations written as a QuPath export, mutated."""
+    from wsi_tools.annotations import read_asap_xml, write_qupath_geojson
+
+    source = write_qupath_geojson(
+        read_asap_xml(real_data / "camelyon16-tumor_001.xml").annotations, tmp_path / "c16.geojson"
+    )
+    original = source.read_bytes()
+    mutations = [flip_bits, truncate, delete_span, duplicate_span, garbage, geojson_bad_number]
+    outcomes = {"ok": 0, "error": 0}
+    for case, mutate in _cases(150, seed=16, mutations=mutations):
+        data, _ = mutate(original, random.Random(case))
+        path = tmp_path / f"case{case}.geojson"
+        path.write_bytes(data)
+        started = time.perf_counter()
+        code = main(["annotations", str(path), "--json"])
+        assert time.perf_counter() - started < CASE_SECONDS, f"case {case} took too long"
+        captured = capsys.readouterr()
+        if code == 0:
+            summary = json.loads(captured.out, parse_constant=_no_nan)
+            areas = [group["area_px2"] for group in summary["groups"].values()]
+            assert all(np.isfinite(area) and area >= 0 for area in areas), f"case {case}: {areas}"
+            outcomes["ok"] += 1
+        else:
+            assert code == 2, f"case {case}: exit {code}"
+            assert path.name in _one_error_line(captured.err, "annotations"), f"case {case}"
+            outcomes["error"] += 1
+    assert outcomes["ok"] > 10 and outcomes["error"] > 10, outcomes
 
 
 # --------------------------------------------------------------------------- slides

@@ -43,6 +43,8 @@ _LAZY: dict[str, str] = {
     "TissueMask": "wsi_tools.tissue",
     "Annotation": "wsi_tools.annotations",
     "read_asap_xml": "wsi_tools.annotations",
+    "read_annotations": "wsi_tools.annotations",
+    "read_qupath_geojson": "wsi_tools.annotations",
     "write_asap_xml": "wsi_tools.annotations",
     "load_label_map": "wsi_tools.annotations",
     "label_annotations": "wsi_tools.annotations",

@@ -446,10 +446,10 @@ def already_extracted_message(store_path: Path, slide_id: str, changed: Sequence
 def _load_annotations(
     annotation_path: Path, config: ExtractionConfig, dimensions: tuple[int, int]
 ) -> tuple[AnnotationSet, LabeledAnnotations]:
-    from wsi_tools.annotations import label_annotations, load_label_map, read_asap_xml
+    from wsi_tools.annotations import label_annotations, load_label_map, read_annotations
 
     label_map = load_label_map(config.label_map)
-    annotations = read_asap_xml(annotation_path, slide_dimensions=dimensions)
+    annotations = read_annotations(annotation_path, slide_dimensions=dimensions)
     labeled = label_annotations(annotations, label_map, ignore_unknown=config.ignore_unknown_groups)
     return annotations, labeled
 

@@ -43,12 +43,20 @@ Writing (:func:`write_asap_xml`)
     dropped with a ``UserWarning``; a multi-polygon becomes one annotation per
     part.
 
-The package: ``_model`` (the data), ``_asap_reader``, ``_asap_writer``,
-``_label_maps`` and ``_summary``; one file per format as formats are added.
+Reading QuPath GeoJSON (:func:`read_qupath_geojson`)
+    See that module: annotations with their classification as the group,
+    polygons with holes, points; detections and unclassified objects skipped
+    with a warning. :func:`read_annotations` picks the reader by content.
+
+The package: ``_model`` (the data), ``_formats`` (which reader), ``_asap_reader``,
+``_geojson_reader``, ``_geometry_checks`` (shared checks and repairs),
+``_asap_writer``, ``_geojson_writer``, ``_label_maps`` and ``_summary``.
 """
 
 from wsi_tools.annotations._asap_reader import read_asap_xml
 from wsi_tools.annotations._asap_writer import write_asap_xml
+from wsi_tools.annotations._formats import ANNOTATION_SUFFIXES, annotation_format, read_annotations
+from wsi_tools.annotations._geojson_reader import read_qupath_geojson
 from wsi_tools.annotations._geojson_writer import write_qupath_geojson
 from wsi_tools.annotations._label_maps import (
     available_label_maps,
@@ -74,6 +82,10 @@ from wsi_tools.annotations._model import (
 from wsi_tools.annotations._summary import summarize
 
 __all__ = [
+    "ANNOTATION_SUFFIXES",
+    "annotation_format",
+    "read_annotations",
+    "read_qupath_geojson",
     "ANNOTATION_TYPES",
     "DEFAULT_LABEL_MAP",
     "LABEL_MAP_DIR",

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import shapely
 from lxml import etree
-from shapely.geometry import MultiPoint, Point, Polygon, box
+from shapely.geometry import MultiPoint, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from wsi_tools.annotations._geometry_checks import MAX_COORDINATE, check_inside_slide, repair_polygon
 from wsi_tools.annotations._model import (
     ASAP_NO_GROUP,
     ASAP_TYPE_NAMES,
@@ -20,7 +21,6 @@ from wsi_tools.annotations._model import (
     Annotation,
     AnnotationGroup,
     AnnotationSet,
-    polygonal_part,
 )
 from wsi_tools.errors import AnnotationError
 
@@ -29,12 +29,6 @@ from wsi_tools.errors import AnnotationError
 # bytes are searched in the encodings annotation files come in.
 # Real files nest groups two or three deep; a chain this long is damage or hostile.
 MAX_GROUP_DEPTH = 64
-# A level-0 pixel index: the largest slides are ~10^6 px wide.
-MAX_COORDINATE = 1e9
-# Bounds on repairing an invalid polygon (see _repaired).
-LINEWORK_CROSSINGS = 64
-MAX_REPAIR_CROSSINGS = 20_000
-MAX_REPAIR_VERTICES = 20_000
 _SCANNED_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be")
 
 
@@ -57,7 +51,7 @@ def read_asap_xml(path: str | Path, slide_dimensions: tuple[int, int] | None = N
         if annotation is None:
             continue
         if slide_dimensions is not None:
-            _check_inside_slide(annotation, slide_dimensions, warnings)
+            check_inside_slide(annotation, slide_dimensions, warnings)
         annotations.append(annotation)
     chains = _group_chains(groups, (a.group for a in annotations if a.group), warnings)
     annotations = [replace(a, group_chain=chains[a.group]) if a.group else a for a in annotations]
@@ -296,7 +290,7 @@ def _build_geometry(
     repair = None
     if not polygon.is_valid:
         reason = shapely.is_valid_reason(polygon)
-        polygon, method = _repaired(polygon, points, f"{path}: {where}", kind)
+        polygon, method = repair_polygon(polygon, f"{path}: {where}", kind)
         parts = len(shapely.get_parts(polygon))
         repair = (
             f"{where}: invalid {kind} ({reason}) repaired with make_valid{method} into {parts} part(s), "
@@ -308,53 +302,3 @@ def _build_geometry(
     if repair:
         warnings.append(repair)
     return polygon
-
-
-def _repaired(polygon: Polygon, points: np.ndarray, where: str, kind: str) -> tuple[BaseGeometry, str]:
-    """An invalid polygon made valid in bounded time. GEOS's default repair (the
-    linework method) is exact for the few crossings of a slipped hand but grows
-    far faster than the number of crossings: 500 random vertices (27,000
-    crossings) take over a minute. So: few crossings, linework; more, the
-    structure method (the area the rings enclose; 0.5 s at 27,000); past a limit,
-    or past a vertex limit where even counting costs too much, an error."""
-    if len(points) > MAX_REPAIR_VERTICES:
-        raise AnnotationError(
-            f"{where}: invalid {kind} with {len(points)} vertices; repairs are limited to "
-            f"{MAX_REPAIR_VERTICES} vertices. Fix or simplify it in the annotation tool"
-        )
-    crossings = _segment_crossings(points, stop_after=MAX_REPAIR_CROSSINGS)
-    if crossings <= LINEWORK_CROSSINGS:
-        return polygonal_part(shapely.make_valid(polygon)), ""
-    if crossings <= MAX_REPAIR_CROSSINGS:
-        return polygonal_part(shapely.make_valid(polygon, method="structure")), (
-            f" (structure method: {crossings} self-crossings)"
-        )
-    raise AnnotationError(
-        f"{where}: invalid {kind} whose edges cross each other more than {MAX_REPAIR_CROSSINGS} times "
-        f"({len(points)} vertices): not a drawn outline. Fix or redraw it in the annotation tool"
-    )
-
-
-def _segment_crossings(points: np.ndarray, stop_after: int) -> int:
-    """How many pairs of the ring's edges cross (counting stops past ``stop_after``)."""
-    segments = shapely.linestrings(np.stack([points, np.roll(points, -1, axis=0)], axis=1))
-    tree = shapely.STRtree(segments)
-    found = 0
-    for start in range(0, len(segments), 32):
-        pairs = tree.query(segments[start : start + 32], predicate="crosses")
-        found += int((pairs[0] + start < pairs[1]).sum())  # each pair once
-        if found > stop_after:
-            break
-    return found
-
-
-def _check_inside_slide(
-    annotation: Annotation, slide_dimensions: tuple[int, int], warnings: list[str]
-) -> None:
-    width, height = slide_dimensions
-    slide_box = box(0, 0, width, height)
-    where = f"annotation {annotation.name!r}"
-    if not annotation.geometry.intersects(slide_box):
-        warnings.append(f"{where} lies entirely outside the slide ({width}x{height} px)")
-    elif not slide_box.covers(annotation.geometry):
-        warnings.append(f"{where} extends beyond the slide ({width}x{height} px)")

@@ -218,9 +218,13 @@ def _find_slides(folder: Path) -> list[Path]:
 
 
 def _xml_beside(slide: Path) -> Path | None:
-    for candidate in (slide.with_suffix(".xml"), slide.with_suffix(".XML")):
-        if candidate.is_file():
-            return candidate
+    """The annotation file of the same stem: ASAP XML, else QuPath GeoJSON."""
+    from wsi_tools.annotations import ANNOTATION_SUFFIXES
+
+    for suffix in ANNOTATION_SUFFIXES:
+        for candidate in (slide.with_suffix(suffix), slide.with_suffix(suffix.upper())):
+            if candidate.is_file():
+                return candidate
     return None
 
 
@@ -276,12 +280,14 @@ def build_manifest(
             continue  # listed as weak already
         xml = _xml_beside(slide)
         if xml is None:
-            skipped.append(f"{slide}: no {slide.stem}.xml beside it (put weak-set slides under --weak-dir)")
+            skipped.append(
+                f"{slide}: no {slide.stem}.xml or .geojson beside it (put weak-set slides under --weak-dir)"
+            )
         else:
             rows.append((slide, "hard", xml))
     if not rows:
         raise ConfigError(
-            f"{slide_dir}: no slides found ({', '.join(sorted(SLIDE_SUFFIXES))} with an XML of the same stem"
+            f"{slide_dir}: no slides found ({', '.join(sorted(SLIDE_SUFFIXES))} with an annotation file of the same stem"
             + (", or any slide under --weak-dir)" if weak_root else "; pass --weak-dir for weak-set slides)")
         )
     rows.sort(key=lambda row: (row[1], str(row[0])))

@@ -1,4 +1,4 @@
-"""``wsi-tools annotations``: what an ASAP XML file holds, per group and per label."""
+"""``wsi-tools annotations``: what an ASAP XML or QuPath GeoJSON file holds, per group and per label."""
 
 from __future__ import annotations
 
@@ -9,25 +9,30 @@ from typing import Any
 from wsi_tools.cli._common import add_command
 
 DESCRIPTION = """\
-Read an ASAP XML annotation file and print the count and total area (level-0
-px², overlapping annotations counted twice) per group and per label, then the
-warnings (repaired polygons, degenerate or skipped annotations, annotations
-outside the slide).
+Read an ASAP XML or QuPath GeoJSON annotation file (chosen by its content) and
+print the count and total area (level-0 px², overlapping annotations counted
+twice) per group and per label, then the warnings (repaired polygons,
+degenerate or skipped annotations, annotations outside the slide). In GeoJSON
+a feature's classification is its group; detections and unclassified objects
+are skipped with a warning.
 
 Labels come from a label map (YAML: `labels:` group -> integer, optional
 `exclude:` groups cut out of the others), matched case-insensitively along the
 group chain (own group, then parent groups). Groups the map does not know are
 listed as unlabelled with a note: extraction refuses them unless told to
-ignore them. The command exits 0 whenever the XML can be read, and 2 (one line
+ignore them. The command exits 0 whenever the file can be read, and 2 (one line
 naming the file) when it is malformed, hostile or missing.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
-        subparsers, "annotations", "summarise an ASAP XML annotation file per group and label", DESCRIPTION
+        subparsers,
+        "annotations",
+        "summarise an ASAP XML or QuPath GeoJSON annotation file per group and label",
+        DESCRIPTION,
     )
-    parser.add_argument("xml", metavar="XML", help="ASAP XML annotation file")
+    parser.add_argument("xml", metavar="FILE", help="ASAP XML or QuPath GeoJSON annotation file")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of text (default: text)"
     )
@@ -57,11 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_annotations(args: argparse.Namespace) -> int:
-    from wsi_tools.annotations import label_annotations, load_label_map, read_asap_xml, summarize
+    from wsi_tools.annotations import label_annotations, load_label_map, read_annotations, summarize
 
     dimensions = _slide_dimensions(args.slide) if args.slide else None
     label_map = load_label_map(args.label_map)
-    aset = read_asap_xml(args.xml, slide_dimensions=dimensions)
+    aset = read_annotations(args.xml, slide_dimensions=dimensions)
     # Labelled leniently so that the summary always prints; the note says what extraction would do.
     labeled = label_annotations(aset, label_map, ignore_unknown=True)
     summary = summarize(aset, labeled)

@@ -16,9 +16,10 @@ from wsi_tools.cli._common import (
 )
 
 MANIFEST_DESCRIPTION = """\
-Write a batch manifest (CSV) for a folder of slides. A slide (*.svs, *.tif,
-*.tiff, searched recursively) with an ASAP XML of the same stem beside it is a
-hard-set slide; every slide under --weak-dir is a weak-set slide; any other
+Write a batch manifest (CSV) for a folder of slides. A slide (any format the
+backends read: .svs, .tif, .ndpi, .mrxs, ...; searched recursively) with an
+annotation file of the same stem beside it (ASAP .xml, else QuPath .geojson or
+.json) is a hard-set slide; every slide under --weak-dir is a weak-set slide; any other
 slide is left out with a warning. Paths are written relative to the manifest's
 folder. Columns: slide_path,set,annotation_path,slide_id,mpp,split; fill in mpp
 (µm/px) for slides without one and split (train|val|test) to fix the trainer's

@@ -21,7 +21,7 @@ EXTRACT_DESCRIPTION = """\
 Cut 512 x 512 px patches at 2.0 µm/px (×5) out of one slide into a zarr patch
 store (format: docs/store.md), with full provenance.
 
-  --set hard   one patch per annotated region of --annotations (ASAP XML),
+  --set hard   one patch per annotated region of --annotations (ASAP XML or QuPath GeoJSON),
                centred on the region's bounding box and shifted inside the
                slide, labelled by the label map. A negative patch whose window
                reaches into any positive annotation is dropped and counted.
@@ -80,7 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     extract.add_argument("--set", required=True, choices=("hard", "weak"), help="which patch set (required)")
     extract.add_argument(
-        "--annotations", metavar="XML", help="ASAP XML; required for --set hard (default: none)"
+        "--annotations",
+        metavar="FILE",
+        help="ASAP XML or QuPath GeoJSON; required for --set hard (default: none)",
     )
     extract.add_argument(
         "--slide-id",

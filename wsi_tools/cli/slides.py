@@ -254,9 +254,9 @@ def run_tissue(args: argparse.Namespace) -> int:
         annotations = None
         annotation_warnings: list[str] = []
         if args.annotations:
-            from wsi_tools.annotations import read_asap_xml
+            from wsi_tools.annotations import read_annotations
 
-            aset = read_asap_xml(args.annotations, slide_dimensions=slide.dimensions)
+            aset = read_annotations(args.annotations, slide_dimensions=slide.dimensions)
             annotations, annotation_warnings = aset.annotations, aset.warnings
         tissue = detect_tissue(
             slide,
