@@ -300,3 +300,34 @@ def test_a_bad_predict_manifest_is_one_line_before_any_work(
     assert not (tmp_path / "o").exists()
     assert main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
     assert "give SLIDE... or --manifest CSV" in capsys.readouterr().err
+
+
+def test_gradcam_of_the_top_regions_points_at_the_planted_tissue(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_tools.predict._gradcam import top_region_centres
+
+    origins = np.array([[0, 0], [10, 0], [500, 0], [1000, 1000]])
+    chosen = top_region_centres(origins, np.array([0.9, 0.95, 0.5, 0.1]), extent=64, count=3)
+    assert [index for index, _ in chosen] == [1, 2, 3]  # window 0 is within a patch of window 1
+
+    checkpoint, with_regions, _, planted = trained
+    out = tmp_path / "out"
+    argv = ["predict", str(with_regions), "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv += ["--mpp", "0.5", "--patch-size", "64", "--no-progress", "--gradcam", "--gradcam-regions", "3"]
+    assert main(argv) == 0
+    assert "Grad-CAM: 3 region(s), 27 windows at stride 32 px" in capsys.readouterr().out
+    folder = out / "planted"
+    maps = np.load(folder / "gradcam.npz")
+    assert maps["cams"].shape == (3, 128, 128) and maps["origins"].shape == (3, 2)
+    assert np.all(maps["probabilities"][:-1] >= maps["probabilities"][1:])  # best first
+    # Where the map is hot, the planted blobs are: the mean over planted pixels beats the rest.
+    planted_union = shapely.union_all(planted)
+    for cam, (x0, y0) in zip(maps["cams"].astype(np.float32), maps["origins"], strict=True):
+        ys, xs = np.mgrid[0:128, 0:128]
+        inside = shapely.contains_xy(planted_union, x0 + xs + 0.5, y0 + ys + 0.5)  # 0.5 µm/px: 1 px = 1 px
+        if inside.all() or not inside.any():
+            continue
+        assert cam[inside].mean() > cam[~inside].mean()
+    assert (folder / "gradcam.png").stat().st_size > 20_000
+    assert json.loads((folder / "slide.json").read_text())["gradcam"]["regions"] == 3

@@ -31,6 +31,8 @@ Per slide, in OUT/<slide_id>/:
   predictions.geojson  the same for QuPath (annotations with classification and
                        measurements: mean and max probability, area)
   slide.json           scores, settings and provenance
+  gradcam.png, .npz    with --gradcam: Grad-CAM (layer4) of the top-scoring regions, each
+                       two patches wide, windows every --gradcam-stride px averaged
 and OUT/slides.csv: slide_id, score_max (the slide score: the highest window),
 score_topk (mean of the top k), n_tiles, n_positive, status.
 
@@ -41,6 +43,7 @@ go on. Exit status: 0 all done, 3 some slides failed, 2 bad arguments.
 """
 
 FLAGS = ("stride", "threshold", "tissue_min", "top_k", "patch_size", "tolerance", "slide_mpp", "backend")
+GRADCAM_FLAGS = ("gradcam", "gradcam_regions", "gradcam_stride")
 RUNTIME_FLAGS = ("batch_size", "threads", "device")
 
 
@@ -75,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_flags(settings, PredictConfig, ("target_mpp",), flags={"target_mpp": "--mpp"})
     add_flags(settings, PredictConfig, FLAGS)
+    add_flags(parser.add_argument_group("Grad-CAM of the top-scoring regions"), PredictConfig, GRADCAM_FLAGS)
     add_flags(parser.add_argument_group("runtime"), PredictConfig, RUNTIME_FLAGS)
     parser.add_argument("--overwrite", action="store_true", help="predict again slides already in OUT")
     parser.add_argument(
@@ -89,7 +93,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from wsi_tools.options import from_mapping, given_flags, to_plain
     from wsi_tools.predict import PredictConfig, Predictor, write_slides_table
 
-    flags = given_flags(args, PredictConfig, ("target_mpp", *FLAGS, *RUNTIME_FLAGS))
+    flags = given_flags(args, PredictConfig, ("target_mpp", *FLAGS, *GRADCAM_FLAGS, *RUNTIME_FLAGS))
     config: PredictConfig = from_mapping(
         PredictConfig, {**flags, "progress": not args.no_progress}, "command line"
     )
@@ -123,6 +127,12 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{scores.get('n_positive', 0)}/{scores.get('n_tiles', 0)} windows >= {predictor.threshold:g} "
             f"-> {prediction.out_dir}"
         )
+        if prediction.gradcam:
+            cost = prediction.gradcam
+            print(
+                f"  Grad-CAM: {cost['regions']} region(s), {cost['windows']} windows at stride {cost['stride']} px "
+                f"in {cost['seconds']:.1f} s -> {prediction.out_dir / 'gradcam.png'}"
+            )
     labels = {
         e.slide_id: {"slide_label": e.slide_label, "patient_id": e.patient_id}
         for e in cohort

@@ -42,6 +42,16 @@ class PredictConfig:
         "relative mpp difference within which a pyramid level is read as is; none: the checkpoint's",
         check=unit_interval,
     )
+    gradcam: bool = option(
+        False, "Grad-CAM maps of the top-scoring regions (gradcam.png, gradcam.npz); off: none"
+    )
+    gradcam_regions: int = option(
+        8, "how many top-scoring regions get a Grad-CAM map (each two patch sides wide)", check=at_least(1)
+    )
+    gradcam_stride: int = option(
+        32, "px at the model's resolution between the Grad-CAM windows of a region (the seed paper: 32)",
+        check=at_least(1),
+    )  # fmt: skip
     slide_mpp: float | None = option(
         None, "level-0 µm/px for a slide without MPP, or to override it", check=positive
     )

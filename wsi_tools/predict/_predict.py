@@ -77,6 +77,7 @@ class SlidePrediction:
     out_dir: Path
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    gradcam: dict[str, Any] | None = None  # regions, windows, stride, seconds (with --gradcam)
 
 
 def pixel_settings(
@@ -165,6 +166,30 @@ class Predictor:
                 logits = self.model(x)
             return torch.sigmoid(logits.double()).cpu().numpy().reshape(-1)
 
+    def gradcam(self, patches: np.ndarray) -> np.ndarray:
+        """Grad-CAM maps (B, h, w) in [0, 1] of uint8 RGB patches (B, P, P, 3), in batches."""
+        from wsi_tools.train.data import resize_batch
+        from wsi_tools.train.inference import to_device, unwrap
+        from wsi_tools.viz.figures import grad_cam
+
+        model = unwrap(self.model)
+        layer = getattr(model.backbone, self.gradcam_layer)
+        maps = []
+        for start in range(0, len(patches), self.config.batch_size):
+            batch = resize_batch(patches[start : start + self.config.batch_size], self.pixels.input_size)
+            x = to_device(batch, self.runtime, self.transform)
+            maps.append(grad_cam(model, x.float(), layer))
+        return np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32)
+
+    @property
+    def gradcam_layer(self) -> str:
+        """The last ResNet block whose maps are at least 4 x 4 (layer4 from a 128 px
+        input on): a 1 x 1 map has no "where", and min-max scaling would make it 0."""
+        for name, reduction in (("layer4", 32), ("layer3", 16), ("layer2", 8)):
+            if self.pixels.input_size // reduction >= 4:
+                return name
+        return "layer1"
+
     def _batches(
         self, slide: Any, origins: np.ndarray, extent: float, plan: Any
     ) -> Iterator[tuple[int, np.ndarray]]:
@@ -249,7 +274,7 @@ class Predictor:
             regions = positive_regions(mean_map, grid, self.threshold)
             thumbnail, downsample = slide.thumbnail(_heatmap_mpp(slide))
             scores = slide_scores(probabilities, self.threshold, self.config.top_k)
-            record = {
+            record: dict[str, Any] = {
                 "slide_id": slide_id,
                 "slide_path": str(slide_path.resolve()),
                 "slide_fingerprint": slide.fingerprint,
@@ -274,13 +299,68 @@ class Predictor:
                 self._heatmap(
                     temporary, record, thumbnail, downsample, mean_map, grid, regions, tissue.polygon
                 )
+                if self.config.gradcam:
+                    record["gradcam"] = self._gradcam(
+                        temporary, slide, plan, origins, probabilities, extent, record
+                    )
+                    (temporary / SLIDE_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
                 _swap_in(temporary, final)
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)
                 raise
         return SlidePrediction(
-            slide_id, str(slide_path), "complete", final, scores, time.perf_counter() - started
+            slide_id,
+            str(slide_path),
+            "complete",
+            final,
+            scores,
+            time.perf_counter() - started,
+            record.get("gradcam"),
         )
+
+    def _gradcam(
+        self,
+        folder: Path,
+        slide: Any,
+        plan: Any,
+        origins: np.ndarray,
+        probabilities: np.ndarray,
+        extent: float,
+        record: dict[str, Any],
+    ) -> dict[str, Any]:
+        """gradcam.png and gradcam.npz for the top-scoring regions; what it cost."""
+        from wsi_tools.predict._gradcam import region_gradcam, top_region_centres
+        from wsi_tools.viz.figures import plot_gradcam_regions
+
+        started = time.perf_counter()
+        stride = min(self.config.gradcam_stride, self.pixels.patch_size)
+        centres = top_region_centres(origins, probabilities, 2 * extent, self.config.gradcam_regions)
+        regions = [
+            region_gradcam(self, slide, plan, origins[index], extent, probability, stride)
+            for index, probability in centres
+        ]
+        np.savez_compressed(
+            folder / "gradcam.npz",
+            cams=np.stack([r.cam for r in regions]).astype(np.float16) if regions else np.zeros((0, 1, 1)),
+            origins=np.array([r.origin for r in regions], np.int64).reshape(-1, 2),
+            extent_level0=np.array([r.extent for r in regions], np.float64),
+            probabilities=np.array([r.probability for r in regions], np.float64),
+        )
+        plot_gradcam_regions(
+            [r.image for r in regions],
+            [r.cam for r in regions],
+            [f"x {r.origin[0]}, y {r.origin[1]}: p={r.probability:.2f}" for r in regions],
+            folder / "gradcam.png",
+            f"{record['slide_id']} - Grad-CAM ({self.gradcam_layer}) of the top {len(regions)} region(s) "
+            f"- {self.model_name}",
+        )
+        return {
+            "layer": self.gradcam_layer,
+            "regions": len(regions),
+            "windows": sum(r.windows for r in regions),
+            "stride": stride,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
 
     def _write(
         self,

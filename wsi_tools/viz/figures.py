@@ -189,6 +189,38 @@ def plot_gradcam_grid(
     return _save_image_grid(figure, axes, path, empty_message=None if len(images) else "no patches to show")
 
 
+def plot_gradcam_regions(
+    images: Sequence[np.ndarray],
+    cams: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Each region: the tissue, then its Grad-CAM overlay; one colour bar for all."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    n = max(len(images), 1)
+    columns = min(n, 4)
+    rows = -(-n // columns)
+    figure, axes = _subplots(2 * rows, columns, figsize=(2.6 * columns + 0.8, 5.2 * rows))
+    for index, (image, cam) in enumerate(zip(images, cams, strict=True)):
+        row, column = 2 * (index // columns), index % columns
+        axes[row, column].imshow(image)
+        axes[row, column].set_title(titles[index], fontsize=7)
+        axes[row + 1, column].imshow(overlay(image, cam))
+    for axis in axes.ravel():
+        axis.axis("off")
+    if not len(images):
+        axes[0, 0].text(0.5, 0.5, "no windows scored", ha="center", va="center")
+    figure.suptitle(title, fontsize=9)
+    bar = figure.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes.ravel().tolist(), fraction=0.03, pad=0.02
+    )
+    bar.set_label("Grad-CAM (per window, min-max scaled)", fontsize=8)
+    return _save(figure, path)
+
+
 def plot_mined_gallery(
     queries: Sequence[np.ndarray],
     query_titles: Sequence[str],
