@@ -324,4 +324,4 @@ def test_implausible_mining_is_warned_about(weak_run, tmp_path, capsys):
     lines = [line for line in err.splitlines() if "warning:" in line]
     assert any("negatives positive (100%) at threshold 0.0" in line for line in lines), err
     assert any("were mined: that is much of the pool" in line for line in lines), err
-    assert all(line.startswith("wsi-tools mine: warning: ") for line in lines)
+    assert all(line.startswith("wsi-tools mine: warning: ") for line in lines), lines

@@ -18,7 +18,7 @@ import hashlib
 import math
 import os
 import shutil
-import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +290,7 @@ def check_store_fingerprint(
     )
     if refuse:
         raise StoreError(f"{message}; resume with the store it was trained from, or start a new run")
-    print(f"warning: {message}; results may differ from the run's own", file=sys.stderr, flush=True)
+    warnings.warn(f"{message}; results may differ from the run's own", UserWarning, stacklevel=2)
 
 
 def check_resume_splits(
