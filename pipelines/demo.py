@@ -132,6 +132,18 @@ def _extract_per_slide(cohort: Cohort, store: Path, extraction: Mapping[str, Any
     return counts
 
 
+def _heatmap_pair_line(report: Mapping[str, Any]) -> list[str]:
+    """Where to look first: one held-out weak slide, the weak and the strong model's heatmaps."""
+    for run in report.get("runs", []):
+        pairs = (run.get("figures") or {}).get("holdout_heatmaps") or {}
+        for slide_id, path in pairs.items():
+            return [
+                f"Look at {path}: the held-out weak slide {slide_id} (all negative, never mined) under the weak "
+                "and the strong model; the windows the strong model no longer flags are what mining removed."
+            ]
+    return []
+
+
 def run_demo(config: DemoConfig, out: str | Path = "demo_out", *, workers: int | None = None) -> DemoResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +175,7 @@ def run_demo(config: DemoConfig, out: str | Path = "demo_out", *, workers: int |
             f"{len(cohort.by_set('weak'))} weak slides; extraction: {extraction}.",
             "Times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
             f"Everything is in {out}: cohort/, store.zarr, hnm/report.md, hnm/seed_*/ (run folders, pictures).",
+            *_heatmap_pair_line(report),
         ]
     )
     (out / "demo.json").write_text(

@@ -302,6 +302,17 @@ def run_seed(
             record["figures"] = seed_figures(
                 store, weak, strong, mining, recipe, config.figures, seed_dir, suffix, mining_config.metric
             )
+            if holdout and not name:
+                from wsi_tools.pipelines.pictures import holdout_heatmaps
+
+                log(f"seed {seed}: the weak and strong models over the held-out weak slides (predict)")
+                record["figures"]["holdout_heatmaps"] = holdout_heatmaps(
+                    store,
+                    sorted({ref[0] for ref in holdout}),
+                    weak.best_checkpoint,
+                    strong.best_checkpoint,
+                    seed_dir,
+                )
         records.append(record)
     return records
 

@@ -1,4 +1,5 @@
-"""The pictures of one seed of the pipeline (t-SNE, Grad-CAM, mined gallery)."""
+"""The pictures of one seed of the pipeline (t-SNE, Grad-CAM, mined gallery, and the
+weak and strong models' heatmaps of the held-out weak slides side by side)."""
 
 from __future__ import annotations
 
@@ -161,3 +162,57 @@ def gallery_figure(store: Any, mining: Any, figure_config: Any, metric: str, pat
         distances.append(list(1.0 - values if metric == "cosine" else values))
         hits.append(_images(store, [(mining.pool.slide_ids[r], mining.pool.indices[r]) for r in rows]))
     return figures.plot_mined_gallery(queries, titles, hits, distances, path)
+
+
+def holdout_heatmaps(
+    store_path: Path,
+    slide_ids: list[str],
+    weak_checkpoint: Path,
+    strong_checkpoint: Path,
+    out_dir: Path,
+    config: Any = None,
+) -> dict[str, str]:
+    """``heatmaps_<slide>.png`` per held-out weak slide: both models applied to the whole
+    slide (``wsi-tools predict``), side by side. The slides are slide-level negatives
+    never mined, so every window at or above the threshold is a false positive: the
+    ones mining removes show as a picture. Slides whose file is gone or changed are
+    left out with a note."""
+    from wsi_tools.predict import PredictConfig, Predictor
+    from wsi_tools.slide import file_fingerprint
+    from wsi_tools.store import PatchStore
+
+    store = PatchStore(store_path)
+    usable = []
+    for slide_id in slide_ids:
+        attrs = store.slide_attrs(slide_id)
+        source = Path(str(attrs.get("source") or ""))
+        if source.is_file() and file_fingerprint(source) == attrs.get("fingerprint"):
+            usable.append((slide_id, source, attrs))
+        else:
+            print(f"note: no heatmaps for {slide_id}: its slide file ({source}) is gone or changed")
+    if not usable:
+        return {}
+    config = config or PredictConfig(progress=False)  # windows as the checkpoints were trained
+    predictors = {"weak": Predictor(weak_checkpoint, config), "strong": Predictor(strong_checkpoint, config)}
+    pictures = {}
+    for slide_id, source, attrs in usable:
+        images, titles = [], []
+        for name, predictor in predictors.items():
+            result = predictor.predict_slide(
+                source, out_dir / "predict" / name, slide_id=slide_id, slide_mpp=attrs.get("mpp_override")
+            )
+            scores = result.scores
+            images.append(figures.read_png(result.out_dir / "heatmap.png"))
+            titles.append(
+                f"{name} model\n{scores['n_positive']} of {scores['n_tiles']} windows >= {predictor.threshold:g} "
+                f"(all false positives)\nslide score {scores['score_max']:.2f}"
+            )
+        pictures[slide_id] = str(
+            figures.plot_side_by_side(
+                images,
+                titles,
+                out_dir / f"heatmaps_{slide_id}.png",
+                f"held-out weak slide {slide_id} (never mined): weak vs strong model",
+            )
+        )
+    return pictures

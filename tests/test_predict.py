@@ -331,3 +331,31 @@ def test_gradcam_of_the_top_regions_points_at_the_planted_tissue(
         assert cam[inside].mean() > cam[~inside].mean()
     assert (folder / "gradcam.png").stat().st_size > 20_000
     assert json.loads((folder / "slide.json").read_text())["gradcam"]["regions"] == 3
+
+
+def test_the_pipeline_shows_weak_and_strong_heatmaps_of_held_out_slides_side_by_side(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wsi_tools.extract import ExtractionConfig, extract_slide
+    from wsi_tools.pipelines.pictures import holdout_heatmaps
+
+    checkpoint, with_regions, without, _ = trained
+    store = tmp_path / "store.zarr"
+    for slide in (with_regions, without):
+        extract_slide(slide, store, ExtractionConfig(set="weak", target_mpp=0.5, patch_size=64, fraction=1.0))
+    config = PredictConfig(target_mpp=0.5, patch_size=64, progress=False)
+    pictures = holdout_heatmaps(
+        store, ["planted", "clean"], checkpoint, checkpoint, tmp_path / "seed", config
+    )
+    assert set(pictures) == {"planted", "clean"}
+    for slide_id, path in pictures.items():
+        assert Path(path).name == f"heatmaps_{slide_id}.png" and Path(path).stat().st_size > 30_000
+        for model in ("weak", "strong"):
+            assert (tmp_path / "seed" / "predict" / model / slide_id / "heatmap.png").is_file()
+    # A slide whose file changed since extraction is left out with a note, not mis-drawn.
+    with_regions.write_bytes(with_regions.read_bytes() + b"\0")
+    try:
+        again = holdout_heatmaps(store, ["planted"], checkpoint, checkpoint, tmp_path / "seed2", config)
+    finally:
+        with_regions.write_bytes(with_regions.read_bytes()[:-1])
+    assert again == {} and "no heatmaps for planted" in capsys.readouterr().out

@@ -221,6 +221,29 @@ def plot_gradcam_regions(
     return _save(figure, path)
 
 
+def read_png(path: str | Path) -> np.ndarray:
+    """An RGB uint8 image from a PNG (what the toolkit wrote)."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(path)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def plot_side_by_side(
+    images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, title: str
+) -> Path:
+    """Pictures in one row with a title each (e.g. two models' heatmaps of one slide)."""
+    width = sum(image.shape[1] / image.shape[0] for image in images) * 6.0
+    figure, axes = _subplots(1, max(len(images), 1), figsize=(max(width, 6.0), 6.6))
+    for axis, image, caption in zip(axes[0], images, titles, strict=False):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    return _save_image_grid(figure, axes, path, empty_message=None if len(images) else "nothing to show")
+
+
 def plot_mined_gallery(
     queries: Sequence[np.ndarray],
     query_titles: Sequence[str],
