@@ -155,16 +155,19 @@ def _no_nan(text: str) -> None:
 # --------------------------------------------------------------------------- ASAP XML
 
 
-@pytest.mark.parametrize("source", ["camelyon16-tumor_001.xml", "camelyon17-patient_004_node_4.xml"])
-def test_mutated_real_asap_files(
-    source: str, real_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    original = (real_data / source).read_bytes()
+def _fuzz_annotation_file(
+    original: bytes,
+    suffix: str,
+    mutations: list[Mutation],
+    seed: int,
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> dict[str, int]:
+    """150 mutants of one annotation file through `wsi-tools annotations --json`."""
     outcomes = {"ok": 0, "error": 0}
-    for case, mutate in _cases(150, seed=len(source), mutations=XML_MUTATIONS):
-        rng = random.Random(case)
-        data, _ = mutate(original, rng)
-        path = tmp_path / f"case{case}.xml"
+    for case, mutate in _cases(150, seed=seed, mutations=mutations):
+        data, _ = mutate(original, random.Random(case))
+        path = folder / f"case{case}{suffix}"
         path.write_bytes(data)
         started = time.perf_counter()
         code = main(["annotations", str(path), "--json"])
@@ -179,7 +182,16 @@ def test_mutated_real_asap_files(
             assert code == 2, f"case {case}: exit {code}"
             assert path.name in _one_error_line(captured.err, "annotations"), f"case {case}"
             outcomes["error"] += 1
-    assert outcomes["ok"] > 10 and outcomes["error"] > 10  # both paths were exercised
+    return outcomes
+
+
+@pytest.mark.parametrize("source", ["camelyon16-tumor_001.xml", "camelyon17-patient_004_node_4.xml"])
+def test_mutated_real_asap_files(
+    source: str, real_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = (real_data / source).read_bytes()
+    outcomes = _fuzz_annotation_file(original, ".xml", XML_MUTATIONS, len(source), tmp_path, capsys)
+    assert outcomes["ok"] > 10 and outcomes["error"] > 10, outcomes  # both paths were exercised
 
 
 def geojson_bad_number(data: bytes, rng: random.Random) -> tuple[bytes, list[int]]:
@@ -196,26 +208,8 @@ def test_mutated_qupath_geojson(real_data: Path, tmp_path: Path, capsys: pytest.
     source = write_qupath_geojson(
         read_asap_xml(real_data / "camelyon16-tumor_001.xml").annotations, tmp_path / "c16.geojson"
     )
-    original = source.read_bytes()
     mutations = [flip_bits, truncate, delete_span, duplicate_span, garbage, geojson_bad_number]
-    outcomes = {"ok": 0, "error": 0}
-    for case, mutate in _cases(150, seed=16, mutations=mutations):
-        data, _ = mutate(original, random.Random(case))
-        path = tmp_path / f"case{case}.geojson"
-        path.write_bytes(data)
-        started = time.perf_counter()
-        code = main(["annotations", str(path), "--json"])
-        assert time.perf_counter() - started < CASE_SECONDS, f"case {case} took too long"
-        captured = capsys.readouterr()
-        if code == 0:
-            summary = json.loads(captured.out, parse_constant=_no_nan)
-            areas = [group["area_px2"] for group in summary["groups"].values()]
-            assert all(np.isfinite(area) and area >= 0 for area in areas), f"case {case}: {areas}"
-            outcomes["ok"] += 1
-        else:
-            assert code == 2, f"case {case}: exit {code}"
-            assert path.name in _one_error_line(captured.err, "annotations"), f"case {case}"
-            outcomes["error"] += 1
+    outcomes = _fuzz_annotation_file(source.read_bytes(), ".geojson", mutations, 16, tmp_path, capsys)
     assert outcomes["ok"] > 10 and outcomes["error"] > 10, outcomes
 
 
@@ -371,6 +365,43 @@ def test_damaged_stores_read_right_or_are_refused(
         shutil.rmtree(store, ignore_errors=True)
     print("store fuzz outcomes:", outcomes)
     assert outcomes["refused"] > 10, outcomes
+
+
+def test_training_on_a_damaged_store_refuses_what_it_would_read(
+    intact_store: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train read damaged stores with KeyError, ArrayNotFoundError, a checksum ValueError
+    or IndexError tracebacks. Now: damage to what training reads is one line and exit
+    2; exit 0 only when the slides it trains on read back intact."""
+    source, reference = intact_store
+    hard_files = sorted(p.relative_to(source) for p in (source / "slides").glob("[ab]/**/*") if p.is_file())
+    rng = random.Random(8)
+    quick = ["epochs=1", "input_size=32", "batch_size=8", "num_workers=0", "bootstrap=0", "augment=false"]
+    quick += ["split_ratios=[1, 1, 1]", "allow_empty_splits=true", "progress=false"]
+    for case in range(12):
+        store = tmp_path / f"case{case}.zarr"
+        shutil.copytree(source, store)
+        target, how = rng.choice(hard_files), rng.choice(STORE_DAMAGE)
+        _damage_file(store / target, how, random.Random(case))
+        args = ["train", "--store", str(store), "--out", str(tmp_path / f"run{case}"), "--no-progress"]
+        code = main([*args, *(arg for item in quick for arg in ("--set", item))])
+        captured = capsys.readouterr()
+        label = f"case {case}: {how} {target}"
+        if code == 0:  # what training reads (labels and pixels) must read back intact
+            opened = PatchStore(store)
+            for slide in ("a", "b"):
+                labels, _, _, pixels = reference[slide][1], None, None, reference[slide][3]
+                n = opened.n_patches(slide)
+                assert opened.labels(slide).tolist() == labels, f"{label}: trained on damaged labels"
+                assert opened.read_patches(slide, np.arange(n)).tobytes() == pixels, (
+                    f"{label}: damaged pixels"
+                )
+        else:
+            assert code == 2, f"{label}: exit {code}"
+            errors = [line for line in captured.err.splitlines() if line.startswith("wsi-tools train:")]
+            assert len(errors) == 1 and "error: " in errors[0] and str(store) in errors[0], label
+            assert "Traceback" not in captured.err, label
+        shutil.rmtree(store, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- checkpoints

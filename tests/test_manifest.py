@@ -226,6 +226,7 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
         ("target_mpp: 2\nmagnification: 5\n", "not both"),
         ("backend: pillow\n", "'backend': 'pillow' (must be one of"),
         ("- a list\n", "must be a mapping"),
+        ("label_map: missing.yaml\n", "label_map 'missing.yaml': missing.yaml: no such label map"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, fragment: str) -> None:
@@ -233,3 +234,18 @@ def test_bad_config_names_key_and_file(tmp_path: Path, text: str, fragment: str)
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
     assert fragment in str(caught.value) and "bad.yaml" in str(caught.value)
+
+
+def test_a_manifest_with_thousands_of_bad_rows_is_one_short_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest with 10^5 bad rows printed a 100,002-line error."""
+    rows = "".join(f"/nowhere/s{i}.svs,weak\n" for i in range(5000))
+    manifest = write_csv(tmp_path / "big.csv", "slide_path,set\n" + rows)
+    assert main(["batch", str(manifest), "--out", str(tmp_path / "s.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 3000
+    assert "5000 problem(s)" in err and "and 4980 more, all listed in " in err
+    listing = Path(err.split("all listed in ")[1].split(". Fix")[0])
+    assert len(listing.read_text().splitlines()) == 5001  # a header line, then every problem
+    listing.unlink()

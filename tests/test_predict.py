@@ -266,6 +266,8 @@ def test_a_manifest_with_labels_gives_slide_and_patient_level_metrics(
     assert rows["a_neg"]["slide_label"] == "0" and rows["a_neg"]["patient_id"] == "p1"
     with (out / "patients.csv").open() as stream:
         patients = {row["patient_id"]: row for row in csv.DictReader(stream)}
+    for table in ("slides.csv", "patients.csv"):
+        assert b"\r" not in (out / table).read_bytes()  # \n line endings, as every CSV the toolkit writes
     assert patients["p1"]["patient_label"] == "1" and patients["p1"]["n_slides"] == "2"
     assert float(patients["p1"]["score_max"]) == pytest.approx(float(rows["a_pos"]["score_max"]))
     metrics = json.loads((out / "slide_metrics.json").read_text())
