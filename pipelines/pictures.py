@@ -153,15 +153,24 @@ def gallery_figure(store: Any, mining: Any, figure_config: Any, metric: str, pat
     fps = mining.false_positives
     order = np.argsort(-fps.probs)[: figure_config.gallery_queries]
     queries = _images(store, [(fps.table.slide_ids[q], fps.table.indices[q]) for q in order])
-    titles = [f"FP p={fps.probs[q]:.2f}\n{fps.table.slide_ids[q]}" for q in order]
-    hits, distances = [], []
+    titles = [
+        f"FP p={fps.probs[q]:.2f}\n{fps.table.slide_ids[q]}\nx {fps.table.coords[q][0]}, y {fps.table.coords[q][1]}"
+        for q in order
+    ]
+    hits, distances, places = [], [], []
     for q in order:
         rows = mining.neighbours.indices[q, : figure_config.gallery_hits]
         rows = rows[rows >= 0]
         values = mining.neighbours.distances[q, : len(rows)]
         distances.append(list(1.0 - values if metric == "cosine" else values))
         hits.append(_images(store, [(mining.pool.slide_ids[r], mining.pool.indices[r]) for r in rows]))
-    return figures.plot_mined_gallery(queries, titles, hits, distances, path)
+        places.append(
+            [
+                f"{mining.pool.slide_ids[r]}\nx {mining.pool.coords[r][0]}, y {mining.pool.coords[r][1]}"
+                for r in rows
+            ]
+        )
+    return figures.plot_mined_gallery(queries, titles, hits, distances, path, places)
 
 
 def holdout_heatmaps(

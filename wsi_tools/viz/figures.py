@@ -250,16 +250,19 @@ def plot_mined_gallery(
     hits: Sequence[Sequence[np.ndarray]],
     hit_distances: Sequence[Sequence[float]],
     path: str | Path,
+    hit_places: Sequence[Sequence[str]] | None = None,
 ) -> Path:
     """One row per false positive: the query patch, then its nearest weak-set
-    hits with their distances."""
+    hits with their distances (and, given ``hit_places``, slide id and level-0
+    coordinates under each)."""
     n_rows = max(len(queries), 1)
     n_cols = 1 + max((len(row) for row in hits), default=0)
-    figure, axes = _subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.0 * n_rows))
+    figure, axes = _subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.4 * n_rows))
     for row, query in enumerate(queries):
         axes[row, 0].imshow(query)
         axes[row, 0].set_title(query_titles[row], fontsize=7, color="#2ca02c")
         for col, (image, distance) in enumerate(zip(hits[row], hit_distances[row], strict=True), start=1):
             axes[row, col].imshow(image)
-            axes[row, col].set_title(f"d={distance:.2f}", fontsize=7)
+            place = f"\n{hit_places[row][col - 1]}" if hit_places is not None else ""
+            axes[row, col].set_title(f"d={distance:.2f}{place}", fontsize=6)
     return _save_image_grid(figure, axes, path, empty_message=None if len(queries) else "no false positives")
