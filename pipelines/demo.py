@@ -136,7 +136,10 @@ def _heatmap_pair_line(report: Mapping[str, Any]) -> list[str]:
     """Where to look first: one held-out weak slide, the weak and the strong model's heatmaps."""
     for run in report.get("runs", []):
         pairs = (run.get("figures") or {}).get("holdout_heatmaps") or {}
+        held_out = set(run.get("holdout_slides") or [])
         for slide_id, path in pairs.items():
+            if slide_id not in held_out:
+                continue
             return [
                 f"Look at {path}: the held-out weak slide {slide_id} (all negative, never mined) under the weak "
                 "and the strong model; the windows the strong model no longer flags are what mining removed."

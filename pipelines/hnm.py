@@ -305,10 +305,13 @@ def run_seed(
             if holdout and not name:
                 from wsi_tools.pipelines.pictures import holdout_heatmaps
 
-                log(f"seed {seed}: the weak and strong models over the held-out weak slides (predict)")
+                log(
+                    f"seed {seed}: the weak and strong models over the held-out weak and test slides (predict)"
+                )
+                test_slides = sorted(slide for slide, split in weak.splits.items() if split == "test")
                 record["figures"]["holdout_heatmaps"] = holdout_heatmaps(
                     store,
-                    sorted({ref[0] for ref in holdout}),
+                    sorted({ref[0] for ref in holdout}) + test_slides,
                     weak.best_checkpoint,
                     strong.best_checkpoint,
                     seed_dir,

@@ -181,11 +181,11 @@ def holdout_heatmaps(
     out_dir: Path,
     config: Any = None,
 ) -> dict[str, str]:
-    """``heatmaps_<slide>.png`` per held-out weak slide: both models applied to the whole
-    slide (``wsi-tools predict``), side by side. The slides are slide-level negatives
-    never mined, so every window at or above the threshold is a false positive: the
-    ones mining removes show as a picture. Slides whose file is gone or changed are
-    left out with a note."""
+    """``heatmaps_<slide>.png`` per slide: both models applied to the whole slide
+    (``wsi-tools predict``), side by side. On a held-out weak slide (a slide-level
+    negative never mined) every window at or above the threshold is a false
+    positive, so the ones mining removes show as a picture; test slides show the
+    annotated tissue. Slides whose file is gone or changed are left out with a note."""
     from wsi_tools.predict import PredictConfig, Predictor
     from wsi_tools.slide import file_fingerprint
     from wsi_tools.store import PatchStore
@@ -212,16 +212,19 @@ def holdout_heatmaps(
             )
             scores = result.scores
             images.append(figures.read_png(result.out_dir / "heatmap.png"))
+            weak_set = attrs.get("set") == "weak"
             titles.append(
-                f"{name} model\n{scores['n_positive']} of {scores['n_tiles']} windows >= {predictor.threshold:g} "
-                f"(all false positives)\nslide score {scores['score_max']:.2f}"
+                f"{name} model\n{scores['n_positive']} of {scores['n_tiles']} windows >= {predictor.threshold:g}"
+                + (" (all false positives)" if weak_set else "")
+                + f"\nslide score {scores['score_max']:.2f}"
             )
+        what = "held-out weak slide (never mined)" if attrs.get("set") == "weak" else "test slide (annotated)"
         pictures[slide_id] = str(
             figures.plot_side_by_side(
                 images,
                 titles,
                 out_dir / f"heatmaps_{slide_id}.png",
-                f"held-out weak slide {slide_id} (never mined): weak vs strong model",
+                f"{what} {slide_id}: weak vs strong model",
             )
         )
     return pictures
