@@ -186,6 +186,7 @@ def holdout_heatmaps(
     negative never mined) every window at or above the threshold is a false
     positive, so the ones mining removes show as a picture; test slides show the
     annotated tissue. Slides whose file is gone or changed are left out with a note."""
+    from wsi_tools.export import read_rgb
     from wsi_tools.predict import PredictConfig, Predictor
     from wsi_tools.slide import file_fingerprint
     from wsi_tools.store import PatchStore
@@ -211,7 +212,7 @@ def holdout_heatmaps(
                 source, out_dir / "predict" / name, slide_id=slide_id, slide_mpp=attrs.get("mpp_override")
             )
             scores = result.scores
-            images.append(figures.read_png(result.out_dir / "heatmap.png"))
+            images.append(read_rgb(result.out_dir / "heatmap.png"))
             weak_set = attrs.get("set") == "weak"
             titles.append(
                 f"{name} model\n{scores['n_positive']} of {scores['n_tiles']} windows >= {predictor.threshold:g}"

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import shapely
 from lxml import etree
 from shapely.geometry import MultiPoint, Point, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -289,16 +288,10 @@ def _build_geometry(
             return None
     repair = None
     if not polygon.is_valid:
-        reason = shapely.is_valid_reason(polygon)
-        polygon, method = repair_polygon(polygon, f"{path}: {where}", kind)
-        parts = len(shapely.get_parts(polygon))
-        repair = (
-            f"{where}: invalid {kind} ({reason}) repaired with make_valid{method} into {parts} part(s), "
-            f"area {polygon.area:.1f} px²"
-        )
+        polygon, repair = repair_polygon(polygon, f"{path}: {where}", kind)
     if polygon.is_empty or polygon.area == 0:  # e.g. collinear vertices: nothing left to repair
         warnings.append(f"{where}: degenerate {kind} with zero area; skipped")
         return None
     if repair:
-        warnings.append(repair)
+        warnings.append(f"{where}: {repair}")
     return polygon

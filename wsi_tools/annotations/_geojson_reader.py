@@ -214,10 +214,6 @@ def _geometry(data: Any, where: str, warnings: list[str]) -> tuple[BaseGeometry 
 def _valid(polygon: BaseGeometry, where: str, warnings: list[str]) -> BaseGeometry:
     if polygon.is_valid:
         return polygon
-    reason = shapely.is_valid_reason(polygon)
-    repaired, method = repair_polygon(polygon, where, "polygon")
-    warnings.append(
-        f"{where}: invalid polygon ({reason}) repaired with make_valid{method} into "
-        f"{len(shapely.get_parts(repaired))} part(s), area {repaired.area:.1f} px²"
-    )
+    repaired, repair = repair_polygon(polygon, where, "polygon")
+    warnings.append(f"{where}: {repair}")
     return repaired

@@ -119,9 +119,8 @@ def _preflight(slide_path: str) -> None:
 
     checked = check_slide(slide_path)
     if not checked.ok:
-        more = f" (and {len(checked.problems) - 1} more)" if len(checked.problems) > 1 else ""
         raise SlideReadError(
-            f"{slide_path}: failed the preflight check (batch --check): {checked.problems[0]}{more}; "
+            f"{slide_path}: failed the preflight check (batch --check): {checked.first_problem}; "
             "nothing was extracted from it"
         )
 

@@ -54,12 +54,14 @@ def _sanitize(slide_id: str) -> str:
     return sanitize_slide_id(slide_id)
 
 
-def _resolve(text: str, base: Path) -> Path:
+def resolve_listed_path(text: str, base: Path) -> Path:
+    """A path from a manifest cell, relative to the manifest's folder ``base``."""
     # abspath folds "../" without resolving symlinks (the archive may be a link farm).
     return Path(os.path.abspath(base / os.path.expanduser(text)))
 
 
-def _parse_mpp(text: str) -> float:
+def parse_mpp(text: str) -> float:
+    """A manifest's mpp cell: a positive finite number (ValueError otherwise)."""
     value = float(text)  # ValueError on junk
     if not math.isfinite(value) or value <= 0:
         raise ValueError(text)
@@ -78,7 +80,7 @@ def _check_row(row: dict[str | None, object], base: Path) -> tuple[list[str], di
     if not cell["slide_path"]:
         problems.append("slide_path is empty")
     else:
-        slide_path = _resolve(cell["slide_path"], base)
+        slide_path = resolve_listed_path(cell["slide_path"], base)
         if not slide_path.is_file():
             problems.append(f"slide file not found: {slide_path}")
     fields["slide_path"] = slide_path
@@ -90,7 +92,7 @@ def _check_row(row: dict[str | None, object], base: Path) -> tuple[list[str], di
 
     annotation_path: Path | None = None
     if cell["annotation_path"]:
-        annotation_path = _resolve(cell["annotation_path"], base)
+        annotation_path = resolve_listed_path(cell["annotation_path"], base)
         if not annotation_path.is_file():
             problems.append(f"annotation file not found: {annotation_path}")
     elif set_name == "hard":
@@ -100,7 +102,7 @@ def _check_row(row: dict[str | None, object], base: Path) -> tuple[list[str], di
     fields["mpp"] = None
     if cell["mpp"]:
         try:
-            fields["mpp"] = _parse_mpp(cell["mpp"])
+            fields["mpp"] = parse_mpp(cell["mpp"])
         except ValueError:
             problems.append(f"bad mpp {cell['mpp']!r} (a positive number of µm/px, e.g. 0.25)")
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_tools.batch.manifest import parse_mpp, resolve_listed_path
 from wsi_tools.errors import ConfigError, problem_list
 from wsi_tools.store import sanitize_slide_id
 
@@ -84,8 +85,7 @@ def _cohort_slide(line: int, cell: Mapping[str, str], base: Path) -> tuple[Cohor
     problems: list[str] = []
     if not cell.get("slide_path"):
         return None, ["slide_path is empty"]
-    slide_path = Path(cell["slide_path"]).expanduser()
-    slide_path = slide_path if slide_path.is_absolute() else (base / slide_path).resolve()
+    slide_path = resolve_listed_path(cell["slide_path"], base)  # as a batch manifest's paths
     if not slide_path.is_file():
         problems.append(f"slide file not found: {slide_path}")
     label: int | None = None
@@ -97,10 +97,8 @@ def _cohort_slide(line: int, cell: Mapping[str, str], base: Path) -> tuple[Cohor
     mpp: float | None = None
     if cell.get("mpp"):
         try:
-            mpp = float(cell["mpp"])
+            mpp = parse_mpp(cell["mpp"])
         except ValueError:
-            mpp = math.nan
-        if not (math.isfinite(mpp) and mpp > 0):
             problems.append(f"bad mpp {cell['mpp']!r} (a positive number of µm/px, e.g. 0.25)")
     try:
         slide_id = sanitize_slide_id(cell.get("slide_id") or slide_path.stem)

@@ -295,15 +295,14 @@ class Predictor:
             temporary = out / f".tmp-{slide_id}-{uuid.uuid4().hex[:12]}"
             temporary.mkdir(parents=True)
             try:
+                if self.config.gradcam:  # first, so that slide.json records its cost
+                    record["gradcam"] = self._gradcam(
+                        temporary, slide, plan, origins, probabilities, extent, record
+                    )
                 self._write(temporary, record, origins, fractions, probabilities, mean_map, grid, regions)
                 self._heatmap(
                     temporary, record, thumbnail, downsample, mean_map, grid, regions, tissue.polygon
                 )
-                if self.config.gradcam:
-                    record["gradcam"] = self._gradcam(
-                        temporary, slide, plan, origins, probabilities, extent, record
-                    )
-                    (temporary / SLIDE_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
                 _swap_in(temporary, final)
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from wsi_tools.errors import WsiToolsError
-from wsi_tools.slide._tiff_check import strict_tile_problem, tiff_layout
+from wsi_tools.slide._tiff_check import plain_tiff_layout, strict_tile_problem, tile_position
 
 DEFAULT_TILES_PER_LEVEL = 256
 REGION_PX = 512  # the box read per sample on formats whose tiles cannot be reached directly
@@ -34,14 +34,21 @@ class SlideCheck:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def first_problem(self) -> str:
+        """The first problem, and how many more there are ('' when sound)."""
+        if not self.problems:
+            return ""
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"{self.problems[0]}{more}"
+
     def line(self) -> str:
         levels = f"{self.levels} level{'s' if self.levels != 1 else ''}"
         what = f"{levels}, {self.tiles_checked} of {self.tiles_total} tiles decoded"
         if self.ok:
             return f"ok       {self.path}: {what}"
-        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         opened = f"; {what}" if self.levels else ""
-        return f"DAMAGED  {self.path}: {self.problems[0]}{more}{opened}"
+        return f"DAMAGED  {self.path}: {self.first_problem}{opened}"
 
 
 def _sample(total: int, tiles: int | None, seed: int) -> np.ndarray:
@@ -72,7 +79,7 @@ def check_slide(
         return SlideCheck(str(path), problems=[str(error).removeprefix(f"{path}: ")])
     with slide:
         levels = slide.level_count
-        if tiff_layout(path) is not None and path.suffix.lower() != ".ndpi":
+        if plain_tiff_layout(path) is not None:
             checked, total, problems = _check_tiff_tiles(path, tiles, seed)
         else:
             checked, total, problems = _check_regions(slide, tiles, seed)
@@ -107,8 +114,7 @@ def _check_tiff_tiles(path: Path, tiles: int | None, seed: int) -> tuple[int, in
 def _tile_name(page: Any, index: int) -> str:
     if not page.is_tiled:
         return f"strip {index}"
-    across = -(-page.imagewidth // page.tilewidth)
-    return f"tile {index} (column {index % across}, row {index // across})"
+    return f"tile {index} ({tile_position(page, index)})"
 
 
 def _image_pages(tif: Any) -> Iterator[Any]:

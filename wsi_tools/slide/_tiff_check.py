@@ -42,13 +42,25 @@ def tiff_layout(path: Path) -> tuple[str, bool] | None:
         return TIFF_HEADERS.get(handle.read(4))
 
 
+def plain_tiff_layout(path: Path) -> tuple[str, bool] | None:
+    """:func:`tiff_layout` of a TIFF whose offsets mean what they say; None also
+    for NDPI, whose 64-bit offset extension rides on a classic TIFF header."""
+    return tiff_layout(path) if path.suffix.lower() != ".ndpi" else None
+
+
+def tile_position(page: Any, index: int) -> str:
+    """``column c, row r`` of tile ``index`` in a tiled tifffile ``page``."""
+    across = -(-page.imagewidth // page.tilewidth)
+    return f"column {index % across}, row {index // across}"
+
+
 def check_tiff_structure(path: Path) -> None:
     """SlideReadError unless the IFD chain and every tile's bytes lie inside the file.
 
     Files that are not plain TIFF (NDPI's 64-bit offset extension, MRXS, ...)
     are left to their backend."""
-    layout = tiff_layout(path)
-    if layout is None or path.suffix.lower() == ".ndpi":
+    layout = plain_tiff_layout(path)
+    if layout is None:
         return
     size = path.stat().st_size
     _check_ifd_chain(path, size, *layout)

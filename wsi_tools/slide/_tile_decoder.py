@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsi_tools.slide._tiff_check import check_tile_bytes
+from wsi_tools.slide._tiff_check import check_tile_bytes, tile_position
 
 
 class TileDecoder:
@@ -69,10 +69,8 @@ class TileDecoder:
             tile = decode(data, index, jpegtables=page.jpegtables)[0]
             problem = None if tile is not None else "it did not decode"
         if problem is not None:
-            across = -(-page.imagewidth // page.tilewidth)
             raise ValueError(
-                f"tile {index} of level {level} (column {index % across}, row {index // across}) is "
-                f"damaged: {problem}"
+                f"tile {index} of level {level} ({tile_position(page, index)}) is damaged: {problem}"
             )
         return tile.reshape(page.tilelength, page.tilewidth, 3)
 

@@ -43,6 +43,27 @@ if TYPE_CHECKING:
     import zarr
 
 
+REPAIR_FIX = "re-extract the slide (wsi-tools extract ... --overwrite) or restore it from a copy"
+
+
+def _array_meta(array_dir: Path, where: str) -> tuple[dict[str, Any], list[int], int]:
+    """An array's zarr.json, its shape and rows per chunk; a StoreError naming
+    ``where`` when the file is missing or does not describe a chunked array."""
+    try:
+        meta = read_json(array_dir / "zarr.json")
+        shape = [int(size) for size in meta["shape"]]
+        chunk_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        if not shape or chunk_rows < 1:
+            raise ValueError(f"shape {shape}, chunk rows {chunk_rows}")
+    except FileNotFoundError:
+        raise StoreError(f"{where}: missing (no zarr.json); {REPAIR_FIX}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise StoreError(
+            f"{where}: damaged metadata ({type(error).__name__}: {error}); {REPAIR_FIX}"
+        ) from None
+    return meta, shape, chunk_rows
+
+
 class PatchStore:
     """A zarr v3 directory store of patches. ``mode="a"`` creates it if missing."""
 
@@ -247,37 +268,29 @@ class PatchStore:
         written at commit (slides written before digests existed: chunks only)."""
         group = self._require_slide(slide_id)
         where = f"{self.path}: slide {slide_id!r}, array {name!r}"
-        fix = "re-extract the slide (wsi-tools extract ... --overwrite) or restore it from a copy"
         attrs = self.slide_attrs(slide_id)
-        try:
-            meta = read_json(group / name / "zarr.json")
-            shape = [int(size) for size in meta["shape"]]
-            chunk_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-            if not shape or chunk_rows < 1:
-                raise ValueError(f"shape {shape}, chunk rows {chunk_rows}")
-        except FileNotFoundError:
-            raise StoreError(f"{where}: missing (no zarr.json); {fix}") from None
-        except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise StoreError(f"{where}: damaged metadata ({type(error).__name__}: {error}); {fix}") from None
+        _, shape, chunk_rows = _array_meta(group / name, where)
         n_chunks = -(-shape[0] // chunk_rows)
         missing = [c for c in range(n_chunks) if not small_chunk_path(group / name, c, len(shape)).is_file()]
         if missing:
             raise StoreError(
                 f"{where}: chunk c/{missing[0]} is missing ({len(missing)} of {n_chunks} chunks), so its "
-                f"rows would read as zeros; {fix}"
+                f"rows would read as zeros; {REPAIR_FIX}"
             )
         try:
             values = np.asarray(self._open_array(slide_id, name)[:])
         except Exception as error:  # zarr raises ValueError on a crc mismatch, others on damage
-            raise StoreError(f"{where}: unreadable ({type(error).__name__}: {error}); {fix}") from None
+            raise StoreError(f"{where}: unreadable ({type(error).__name__}: {error}); {REPAIR_FIX}") from None
         n_patches = attrs.get("n_patches")
         if isinstance(n_patches, int) and len(values) != n_patches:
-            raise StoreError(f"{where}: {len(values)} rows but the slide has {n_patches} patches; {fix}")
+            raise StoreError(
+                f"{where}: {len(values)} rows but the slide has {n_patches} patches; {REPAIR_FIX}"
+            )
         recorded = (attrs.get("small_arrays") or {}).get(name)
         if recorded is not None and small_array_digest(values) != recorded:
             raise StoreError(
                 f"{where}: its values differ from the digest written when the slide was committed "
-                f"(a chunk was replaced or damaged); {fix}"
+                f"(a chunk was replaced or damaged); {REPAIR_FIX}"
             )
         return values
 
@@ -286,21 +299,11 @@ class PatchStore:
 
     def _image_meta(self, slide_id: str) -> dict[str, Any]:
         """The images array's zarr.json, refused unless its shape and chunking are usable."""
-        path = self._require_slide(slide_id) / "images" / "zarr.json"
-        fix = "re-extract the slide (wsi-tools extract ... --overwrite) or restore it from a copy"
-        try:
-            meta = read_json(path)
-            shape = [int(size) for size in meta["shape"]]
-            per_shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-        except FileNotFoundError:
+        where = f"{self.path}: slide {slide_id!r}, array 'images'"
+        meta, shape, per_shard = _array_meta(self._require_slide(slide_id) / "images", where)
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or min(shape) < 0:
             raise StoreError(
-                f"{path}: missing, so slide {slide_id!r} has no patches to read; {fix}"
-            ) from None
-        except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise StoreError(f"{path}: damaged metadata ({type(error).__name__}: {error}); {fix}") from None
-        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or min(shape) < 0 or per_shard < 1:
-            raise StoreError(
-                f"{path}: damaged metadata (shape {shape}, {per_shard} patches per shard); {fix}"
+                f"{where}: damaged metadata (shape {shape}, {per_shard} patches per shard); {REPAIR_FIX}"
             )
         return meta
 

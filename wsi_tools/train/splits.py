@@ -12,12 +12,11 @@ import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from wsi_tools.errors import ConfigError, SplitLeakError
-from wsi_tools.train.config import SPLIT_NAMES
+from wsi_tools.train.config import SPLIT_NAMES, TrainConfig
 
 
 def _largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
@@ -72,7 +71,7 @@ def make_splits(
 
 
 def empty_split_message(
-    store_path: Path | str, splits: Mapping[str, str], empty: Sequence[str], config: Any
+    store_path: Path | str, splits: Mapping[str, str], empty: Sequence[str], config: TrainConfig
 ) -> str:
     """Why a run would mean nothing: validation chooses the best epoch and test gives
     the metrics, so neither may be empty; says how many slides the ratios need."""

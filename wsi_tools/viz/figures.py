@@ -221,16 +221,6 @@ def plot_gradcam_regions(
     return _save(figure, path)
 
 
-def read_png(path: str | Path) -> np.ndarray:
-    """An RGB uint8 image from a PNG (what the toolkit wrote)."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(path)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def plot_side_by_side(
     images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, title: str
 ) -> Path:
