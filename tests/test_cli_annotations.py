@@ -107,3 +107,24 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--json", "--label-map", "--ignore-unknown", "--slide"):
         assert option in text
     assert text.count("(default") >= 4 and "lymphatic_invasion.yaml" in text
+
+
+def test_a_closed_pipe_is_a_quiet_exit_not_a_traceback(real_data: Path) -> None:
+    """`wsi-tools annotations X --json | head -c 10`: the reader goes away mid-output."""
+    import subprocess
+    import sys
+
+    code = "import sys; from wsi_tools.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [
+        sys.executable,
+        "-c",
+        code,
+        "annotations",
+        str(real_data / "camelyon16-tumor_001.xml"),
+        "--json",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # nobody reads: the first write fails with EPIPE
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and "Traceback" not in err, err
