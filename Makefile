@@ -31,6 +31,7 @@ bench: setup
 	$(PY) benchmarks/record.py batch -- $(PY) benchmarks/batch.py
 	$(PY) benchmarks/record.py loader -- $(PY) benchmarks/loader.py
 	$(PY) benchmarks/record.py mining -- $(PY) benchmarks/mining.py
+	$(PY) benchmarks/record.py predict -- $(PY) benchmarks/predict.py
 	$(PY) benchmarks/render.py
 
 clean:

@@ -164,11 +164,34 @@ def _mining_row(result: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _predict_row(result: Mapping[str, Any]) -> list[str]:
+    x20, large = result["slides"]["x20"], result["slides"].get("large")
+    rss = f"peak RSS {x20['peak_rss_mb'] / MB_PER_GB:.2f} GB"
+    if large is not None:
+        rss += f" ({large['peak_rss_mb'] / MB_PER_GB:.2f} GB on the 100k × 100k px slide)"
+    sizes = "40960×30720 px ×20 slide (224 px windows at 0.5 µm/px, stride 112)"
+    if large is not None:
+        sizes += " and a 100000×100000 px one (224 px at 2 µm/px)"
+    return [
+        "`predict.py`",
+        f"`predict` on a {sizes}, ResNet18 at 224 on the {x20['device'].upper()}; the reading alone, "
+        "the bare forward, and end to end",
+        f"read {result['read_patches_per_s']:,.0f} windows/s ({x20['read_patches_per_s_threads1']:,.0f} on one "
+        f"thread: **{result['gpus_fed_per_read_core']:.1f}** GPUs' worth at "
+        f"{result['gpu_forward_reference_patches_per_s']:,.0f}/s each), model {result['model_patches_per_s']:.0f}/s, "
+        f"predict {result['predict_patches_per_s']:.0f}/s: overlap efficiency **{result['overlap_efficiency']:.2f}**; "
+        f"{rss}",
+        "overlap ≥0.85; ≤2 GB",
+        _met(result["overlap_efficiency"] >= 0.85 and result["peak_rss_mb"] <= 2 * MB_PER_GB),
+    ]
+
+
 BENCHMARK_ROWS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "extract": _extract_row,
     "batch": _batch_row,
     "loader": _loader_row,
     "mining": _mining_row,
+    "predict": _predict_row,
 }
 
 

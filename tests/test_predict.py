@@ -64,6 +64,36 @@ def test_the_grid_covers_cells_exactly_and_the_map_averages_overlaps() -> None:
     assert np.isnan(mean[5, 5])  # never scored
 
 
+def test_window_maps_land_on_their_cells_and_overlaps_are_averaged() -> None:
+    grid = sliding_grid((400, 400), extent=100.0, windows_per_side=4)  # cells of 25 px
+    cam_map = ProbabilityMap(grid)
+    first = np.arange(16, dtype=np.float32).reshape(4, 4) / 16
+    cam_map.add_maps(np.array([0, 1]), np.array([0, 2]), np.stack([first, np.ones((4, 4), np.float32)]))
+    mean = cam_map.mean()
+    assert mean[0, 0] == pytest.approx(0.0) and mean[3, 1] == pytest.approx(13 / 16)
+    assert mean[1, 2] == pytest.approx((6 / 16 + 1) / 2)  # both windows cover cell (1, 2)
+    assert mean[4, 5] == pytest.approx(1.0) and np.isnan(mean[0, 6])
+    with pytest.raises(ValueError, match="4 x 4 cells"):
+        cam_map.add_maps(np.array([0]), np.array([0]), np.zeros((1, 2, 2)))
+
+
+def test_each_local_worker_takes_its_own_gpu() -> None:
+    from wsi_tools.predict._cluster import worker_device
+
+    assert [worker_device("auto", name, 4) for name in (0, 1, 5, "2")] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:1",
+        "cuda:2",
+    ]
+    assert worker_device("cuda", 3, 2) == "cuda:1"
+    assert worker_device("cuda:3", 0, 4) == "cuda:3"  # a named device is kept
+    assert worker_device("cpu", 1, 4) == "cpu"
+    assert worker_device("auto", 1, 1) == "auto"  # one GPU: nothing to spread
+    assert worker_device("auto", "tcp://10.0.0.2:4000", 4) == "auto"  # a worker of one's own cluster
+    assert worker_device("auto", None, 4) == "auto"
+
+
 def test_regions_merge_cells_into_polygons_with_holes() -> None:
     grid = sliding_grid((1000, 1000), extent=100.0, windows_per_side=2)
     probability = np.zeros(grid.map_shape, np.float32)
@@ -335,6 +365,41 @@ def test_gradcam_of_the_top_regions_points_at_the_planted_tissue(
     assert json.loads((folder / "slide.json").read_text())["gradcam"]["regions"] == 3
 
 
+def test_whole_slide_gradcam_on_request_covers_the_tissue_and_is_hot_on_the_planted_blobs(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, with_regions, _, planted = trained
+    out = tmp_path / "out"
+    argv = ["predict", str(with_regions), "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv += ["--mpp", "0.5", "--patch-size", "64", "--no-progress", "--gradcam-whole-slide"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    folder = out / "planted"
+    cost = json.loads((folder / "slide.json").read_text())["gradcam_slide"]
+    assert f"whole-slide Grad-CAM: {cost['windows']} windows every 32 px in" in printed
+    from wsi_tools.slide import open_slide
+
+    predictor = Predictor(checkpoint, PredictConfig(target_mpp=0.5, patch_size=64, progress=False))
+    with open_slide(with_regions) as slide:
+        expected = predictor.plan_windows(slide, stride=32)
+    assert cost["windows"] == len(expected) > 0.9 * 31 * 31  # every 32 px over the tissue
+    cam = np.load(folder / "gradcam_slide.npy")
+    geometry = json.loads((folder / "gradcam_slide.json").read_text())
+    assert list(cam.shape) == geometry["shape_rows_cols"] == [32, 32] and geometry["cell_level0_px"] == 32
+    assert np.nanmin(cam) >= 0 and np.nanmax(cam) <= 1 and np.isfinite(cam).mean() > 0.9
+    centres = (np.arange(32) + 0.5) * 32
+    xs, ys = np.meshgrid(centres, centres)
+    inside = shapely.contains_xy(shapely.union_all(planted), xs, ys)
+    assert np.nanmean(cam[inside]) > np.nanmean(cam[~inside]) + 0.4  # raw maps, scaled once per slide
+    assert (folder / "gradcam_slide.png").stat().st_size > 20_000
+    assert not (folder / "gradcam.npz").exists()  # the regions only with --gradcam
+    with pytest.raises(ConfigError, match="must divide the patch size 64"):
+        Predictor(
+            checkpoint,
+            PredictConfig(target_mpp=0.5, patch_size=64, gradcam_whole_slide=True, gradcam_stride=24),
+        )
+
+
 def test_the_pipeline_shows_weak_and_strong_heatmaps_of_held_out_slides_side_by_side(
     trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -382,6 +447,10 @@ def test_many_slides_on_dask_fail_alone_and_resume(trained, tmp_path: Path) -> N
     }
     failed = [slide for slide in report["slides"] if slide["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error_type"] == "UnsupportedSlideError"
+    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| slide_id | status |") and len(table) == 4
+    assert table[1].startswith("| histolab-broken | failed |") and "UnsupportedSlideError" in table[1]
+    assert {line.split(" | ")[0] for line in table[2:]} == {"| planted", "| clean"}
     in_process = Predictor(checkpoint, PredictConfig(target_mpp=0.5, patch_size=64, progress=False))
     alone = in_process.predict_slide(with_regions, tmp_path / "alone")
     assert float(rows[0]["score_max"]) == pytest.approx(alone.scores["score_max"])  # the same scores

@@ -217,14 +217,18 @@ def _job(entry: ManifestEntry, store_path: Path, settings: dict[str, Any], optio
     )
 
 
-class _Progress:
-    """A tqdm bar over slides with done / failed / remaining and patches/s."""
+class SlideProgress:
+    """A tqdm bar over slides with done / failed / remaining and the rate of the work
+    items (patches for batch, windows for predict); shown on a terminal only."""
 
-    def __init__(self, total: int, already: int, already_failed: int, enabled: bool) -> None:
+    def __init__(
+        self, total: int, already: int, already_failed: int, enabled: bool, desc: str, items: str
+    ) -> None:
         from tqdm import tqdm
 
         self.started = time.perf_counter()
-        self.patches = 0
+        self.items = 0
+        self.item_name = items
         self.done = already
         self.failed = already_failed
         self.total = total
@@ -232,7 +236,7 @@ class _Progress:
             total=total,
             initial=already + already_failed,
             unit="slide",
-            desc="batch",
+            desc=desc,
             file=sys.stderr,
             disable=not enabled or not sys.stderr.isatty(),
             dynamic_ncols=True,
@@ -240,16 +244,19 @@ class _Progress:
         self._show()
 
     def _show(self) -> None:
-        rate = self.patches / max(time.perf_counter() - self.started, 1e-9)
+        rate = self.items / max(time.perf_counter() - self.started, 1e-9)
         left = self.total - self.done - self.failed
-        self.bar.set_postfix_str(f"done {self.done} failed {self.failed} left {left} · {rate:.1f} patches/s")
+        self.bar.set_postfix_str(
+            f"done {self.done} failed {self.failed} left {left} · {rate:.1f} {self.item_name}/s"
+        )
 
-    def record(self, outcome: SlideOutcome) -> None:
-        if outcome.status == "failed":
+    def record(self, failed: bool, items: int = 0) -> None:
+        """One slide finished: failed, or done with ``items`` new work items."""
+        if failed:
             self.failed += 1
         else:
             self.done += 1
-            self.patches += outcome.n_patches if outcome.status == "complete" else 0
+            self.items += items
         self.bar.update(1)
         self._show()
 
@@ -374,7 +381,9 @@ def run_batch(
 
     save()
     refused = sum(outcomes[slide_id].status == "failed" for slide_id in skipped)
-    progress = _Progress(len(outcomes), len(skipped) - refused, refused, options.progress)
+    progress = SlideProgress(
+        len(outcomes), len(skipped) - refused, refused, options.progress, "batch", "patches"
+    )
     try:
         if pending:
             _run_on_cluster(
@@ -402,7 +411,7 @@ def _run_on_cluster(
     options: BatchOptions,
     run_id: str,
     extract_fn: Callable[..., Any] | None,
-    progress: _Progress,
+    progress: SlideProgress,
     save: Callable[[], None],
 ) -> None:
     from distributed import as_completed
@@ -457,7 +466,9 @@ def _run_on_cluster(
                     else "the task was cancelled"
                 )
             future.release()
-            progress.record(outcome)
+            progress.record(
+                outcome.status == "failed", outcome.n_patches if outcome.status == "complete" else 0
+            )
             if time.perf_counter() - last_save > REPORT_EVERY_S:
                 save()
                 last_save = time.perf_counter()

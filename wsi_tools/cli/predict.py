@@ -7,12 +7,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsi_tools.cli._common import add_command, add_print_config, print_config
 
 if TYPE_CHECKING:
-    from wsi_tools.predict import CohortSlide, SlidePrediction
+    from collections.abc import Callable
+
+    from wsi_tools.predict import CohortSlide, PredictConfig, Predictor, SlidePrediction
 
 EXIT_SOME_FAILED = 3
 
@@ -34,6 +36,9 @@ Per slide, in OUT/<slide_id>/:
   slide.json           scores, settings and provenance
   gradcam.png, .npz    with --gradcam: Grad-CAM (layer4) of the top-scoring regions, each
                        two patches wide, windows every --gradcam-stride px averaged
+  gradcam_slide.png    with --gradcam-whole-slide: Grad-CAM of every tissue window every
+  gradcam_slide.npy    --gradcam-stride px, averaged into cells of that stride (its map
+                       and .json geometry; costly: its time is printed)
 and OUT/slides.csv: slide_id, score_max (the slide score: the highest window),
 score_topk (mean of the top k), n_tiles, n_positive, status.
 
@@ -41,13 +46,15 @@ Slides already predicted into OUT with the same checkpoint and settings are
 skipped; with other settings they are refused (--overwrite predicts again). A
 slide that fails (corrupt, no MPP: give --slide-mpp) is reported and the others
 go on. With --workers N (or --scheduler) the slides run on Dask as in batch:
-one task per slide, the model loaded once per worker. OUT/report.json and
-OUT/failures.json say what happened to every slide. Exit status: 0 all done,
+one task per slide, the model loaded once per worker. OUT/report.json (and
+report.md, to read) and OUT/failures.json say what happened to every slide; a
+progress bar over the slides shows on a terminal. On a machine with several
+GPUs the slides are spread over them, one worker per GPU. Exit status: 0 all done,
 3 some slides failed, 2 bad arguments.
 """
 
 FLAGS = ("stride", "threshold", "tissue_min", "top_k", "patch_size", "tolerance", "slide_mpp", "backend")
-GRADCAM_FLAGS = ("gradcam", "gradcam_regions", "gradcam_stride")
+GRADCAM_FLAGS = ("gradcam", "gradcam_regions", "gradcam_stride", "gradcam_whole_slide")
 RUNTIME_FLAGS = ("batch_size", "threads", "device")
 
 
@@ -104,9 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from wsi_tools.errors import WsiToolsError
+    from wsi_tools.batch.engine import SlideProgress
     from wsi_tools.options import from_mapping, given_flags, to_plain
-    from wsi_tools.predict import PredictConfig, Predictor, write_slides_table
+    from wsi_tools.predict import PredictConfig, Predictor, write_slides_table  # noqa: F811
 
     flags = given_flags(args, PredictConfig, ("target_mpp", *FLAGS, *GRADCAM_FLAGS, *RUNTIME_FLAGS))
     config: PredictConfig = from_mapping(
@@ -124,35 +131,30 @@ def run_predict(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     predictions: list[SlidePrediction] = []
     failures: list[dict[str, str]] = []
+    gpus = _gpus_to_spread_over(config, predictor, args, len(cohort))
+    if gpus:
+        args.workers = gpus
+        print(f"wsi-tools predict: {gpus} GPUs: one worker per GPU (--device cuda:0 for one GPU)")
+    progress = SlideProgress(len(cohort), 0, 0, config.progress, "predict", "windows")
 
     def record(entry: CohortSlide, result: SlidePrediction | dict[str, str]) -> None:
         if isinstance(result, dict):
             failures.append({"slide_id": entry.slide_id, "slide_path": str(entry.slide_path), **result})
-            print(f"wsi-tools predict: {entry.slide_path}: failed: {result['error']}", file=sys.stderr)
-        else:
-            predictions.append(result)
-            _print_prediction(result, predictor.threshold)
+            progress.bar.write(
+                f"wsi-tools predict: {entry.slide_path}: failed: {result['error']}", sys.stderr
+            )
+            progress.record(failed=True)
+            return
+        predictions.append(result)
+        progress.bar.write(_prediction_lines(result, predictor.threshold), sys.stdout)
+        fresh = result.status == "complete"
+        progress.record(failed=False, items=int(result.scores.get("n_tiles", 0)) if fresh else 0)
 
     started = time.perf_counter()
-    if args.workers or args.scheduler:
-        from wsi_tools.predict._cluster import predict_on_cluster
-
-        predict_on_cluster(
-            cohort, args.checkpoint, config, args.out, overwrite=args.overwrite,
-            workers=args.workers, scheduler=args.scheduler, on_result=record,
-        )  # fmt: skip
-        order = {entry.slide_id: number for number, entry in enumerate(cohort)}
-        predictions.sort(key=lambda prediction: order.get(prediction.slide_id, len(order)))
-    else:
-        for entry in cohort:
-            try:
-                result: SlidePrediction | dict[str, str] = predictor.predict_slide(
-                    entry.slide_path, args.out, slide_id=entry.slide_id, slide_mpp=entry.mpp,
-                    overwrite=args.overwrite,
-                )  # fmt: skip
-            except WsiToolsError as error:
-                result = {"error": str(error), "error_type": type(error).__name__}
-            record(entry, result)
+    try:
+        _predict_all(args, cohort, config, predictor, record)
+    finally:
+        progress.close()
     _write_report(args, predictions, failures, time.perf_counter() - started)
     labels = {
         e.slide_id: {"slide_label": e.slide_label, "patient_id": e.patient_id}
@@ -165,22 +167,72 @@ def run_predict(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if failures else 0
 
 
-def _print_prediction(prediction: SlidePrediction, threshold: float) -> None:
+def _gpus_to_spread_over(
+    config: PredictConfig, predictor: Predictor, args: argparse.Namespace, slides: int
+) -> int:
+    """The number of GPUs to give a worker each (0: run in this process): all of them
+    when the device was left to auto or cuda, there are several, and so are the slides."""
+    import torch
+
+    if args.workers or args.scheduler or not predictor.runtime.cuda or config.device not in ("auto", "cuda"):
+        return 0
+    count = torch.cuda.device_count()
+    return count if count > 1 and slides > 1 else 0
+
+
+def _predict_all(
+    args: argparse.Namespace,
+    cohort: list[CohortSlide],
+    config: PredictConfig,
+    predictor: Predictor,
+    record: Callable[[CohortSlide, SlidePrediction | dict[str, str]], None],
+) -> None:
+    """Every slide of the cohort, in this process or as Dask tasks, each passed to ``record``."""
+    from wsi_tools.errors import WsiToolsError
+
+    if args.workers or args.scheduler:
+        from wsi_tools.predict._cluster import predict_on_cluster
+
+        predict_on_cluster(
+            cohort, args.checkpoint, config, args.out, overwrite=args.overwrite,
+            workers=args.workers, scheduler=args.scheduler, on_result=record,
+        )  # fmt: skip
+        return
+    for entry in cohort:
+        try:
+            result: SlidePrediction | dict[str, str] = predictor.predict_slide(
+                entry.slide_path, args.out, slide_id=entry.slide_id, slide_mpp=entry.mpp,
+                overwrite=args.overwrite,
+            )  # fmt: skip
+        except WsiToolsError as error:
+            result = {"error": str(error), "error_type": type(error).__name__}
+        record(entry, result)
+
+
+def _prediction_lines(prediction: SlidePrediction, threshold: float) -> str:
     scores = prediction.scores
     verb = (
         "skipped (already predicted; --overwrite to redo)" if prediction.status == "skipped" else "predicted"
     )
-    print(
+    lines = [
         f"{prediction.slide_id}: {verb}: score {scores.get('score_max', 0):.3f} (max), "
         f"{scores.get('n_positive', 0)}/{scores.get('n_tiles', 0)} windows >= {threshold:g} "
         f"-> {prediction.out_dir}"
-    )
+    ]
     if prediction.gradcam:
         cost = prediction.gradcam
-        print(
+        lines.append(
             f"  Grad-CAM: {cost['regions']} region(s), {cost['windows']} windows at stride {cost['stride']} px "
             f"in {cost['seconds']:.1f} s -> {prediction.out_dir / 'gradcam.png'}"
         )
+    if prediction.gradcam_slide:
+        cost = prediction.gradcam_slide
+        lines.append(
+            f"  whole-slide Grad-CAM: {cost['windows']} windows every {cost['stride']} px in "
+            f"{cost['seconds']:.1f} s ({cost['times_prediction']:g}x the rest of the slide) "
+            f"-> {prediction.out_dir / 'gradcam_slide.png'}"
+        )
+    return "\n".join(lines)
 
 
 def _write_report(
@@ -213,6 +265,41 @@ def _write_report(
         + [{**failure, "status": "failed"} for failure in failures],
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (args.out / "report.md").write_text(_report_markdown(report))
+
+
+def _report_markdown(report: dict[str, Any]) -> str:
+    """report.json as a page to read: failures first, then every slide by score."""
+    counts = report["counts"]
+    lines = [
+        "# wsi-tools predict",
+        "",
+        f"- checkpoint: `{report['checkpoint']}`",
+        f"- engine: {report['engine']}; {report['seconds']} s; finished {report['finished']} "
+        f"({report['code_version']})",
+        f"- {counts['predicted']} predicted, {counts['skipped']} skipped (done before), "
+        f"{counts['failed']} failed",
+        "",
+        "| slide_id | status | score_max | score_topk | windows | positive | error |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    slides = sorted(
+        report["slides"],
+        key=lambda row: (row["status"] != "failed", -float(row.get("scores", {}).get("score_max", 0.0))),
+    )
+    for row in slides:
+        scores = row.get("scores", {})
+
+        def cell(key: str, digits: int = 3, scores: dict[str, Any] = scores) -> str:
+            value = scores.get(key)
+            return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+        error = f"{row.get('error_type', '')}: {row.get('error', '')}" if row["status"] == "failed" else ""
+        lines.append(
+            f"| {row['slide_id']} | {row['status']} | {cell('score_max')} | {cell('score_topk')} "
+            f"| {cell('n_tiles')} | {cell('n_positive')} | {error.replace('|', '/')} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _cohort(args: argparse.Namespace) -> list[CohortSlide]:

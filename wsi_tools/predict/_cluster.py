@@ -1,5 +1,6 @@
 """Many slides on the Dask engine ``batch`` uses: one task per slide, a Predictor
 loaded once per worker process, a failed slide recorded while the others finish.
+On a machine with several GPUs each local worker takes its own (:func:`worker_device`).
 
 Resume needs nothing from the client: a slide already predicted into ``OUT`` with
 the same checkpoint and settings is skipped by the worker (``Predictor``'s own
@@ -20,12 +21,48 @@ from wsi_tools.predict._predict import Predictor, SlidePrediction
 _PREDICTORS: dict[tuple[str, str], Predictor] = {}
 
 
+def worker_device(requested: str, worker_name: object, gpu_count: int) -> str:
+    """One GPU per worker: worker i of a local cluster (named 0, 1, ...) takes
+    ``cuda:(i mod gpu_count)`` when ``auto`` or ``cuda`` was asked for and the machine
+    has several GPUs; a named device (``cuda:1``, ``cpu``), one GPU, or a worker of a
+    cluster of one's own (named otherwise: start it one GPU per worker, e.g. with
+    CUDA_VISIBLE_DEVICES) keeps what was asked for."""
+    if requested not in ("auto", "cuda") or gpu_count < 2:
+        return requested
+    if isinstance(worker_name, bool) or not isinstance(worker_name, int | str):
+        return requested
+    try:
+        index = int(worker_name)
+    except ValueError:
+        return requested
+    return f"cuda:{index % gpu_count}"
+
+
 def predict_task(
-    checkpoint: str, config: PredictConfig, slide: CohortSlide, out: str, overwrite: bool
+    checkpoint: str,
+    config: PredictConfig,
+    slide: CohortSlide,
+    out: str,
+    overwrite: bool,
+    cpu_threads: int | None = None,
 ) -> SlidePrediction | dict[str, str]:
-    """Runs on a worker: one slide, or the toolkit error that stopped it as a dict."""
+    """Runs on a worker: one slide, or the toolkit error that stopped it as a dict.
+    ``cpu_threads``: torch's threads in this worker, so that the workers of one
+    machine share its cores instead of each taking all of them."""
+    import torch
+    from distributed import get_worker
+
     from wsi_tools.errors import WsiToolsError
 
+    try:
+        name: object = get_worker().name
+    except ValueError:  # not on a worker (called directly)
+        name = None
+    device = worker_device(config.device, name, torch.cuda.device_count())
+    if device != config.device:
+        config = config.replace(device=device)
+    if cpu_threads is not None and torch.get_num_threads() != cpu_threads:
+        torch.set_num_threads(cpu_threads)
     key = (checkpoint, repr(config))
     try:
         if key not in _PREDICTORS:
@@ -52,9 +89,10 @@ def predict_on_cluster(
     dict with ``error`` and ``error_type``, a task whose worker died included)."""
     from distributed import as_completed
 
-    from wsi_tools.batch.engine import dask_client
+    from wsi_tools.batch.engine import available_cores, dask_client
 
     out = out.expanduser().resolve()  # workers may run elsewhere: no relative paths
+    cpu_threads = None if scheduler else max(1, available_cores() // (workers or available_cores()))
     results: dict[int, SlidePrediction | dict[str, str]] = {}
     run = uuid.uuid4().hex[:8]
     with dask_client(workers, scheduler) as client:
@@ -66,6 +104,7 @@ def predict_on_cluster(
                 slide,
                 str(out),
                 overwrite,
+                cpu_threads,
                 key=f"predict-{run}-{number}",
                 pure=False,
             ): number

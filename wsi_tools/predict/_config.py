@@ -52,6 +52,12 @@ class PredictConfig:
         32, "px at the model's resolution between the Grad-CAM windows of a region (the seed paper: 32)",
         check=at_least(1),
     )  # fmt: skip
+    gradcam_whole_slide: bool = option(
+        False,
+        "Grad-CAM of every tissue window every --gradcam-stride px over the whole slide "
+        "(gradcam_slide.png, .npy): (patch / stride)^2 / (patch / --stride)^2 times the windows "
+        "of the prediction, each a backward pass (49 / 4 at the defaults); its cost is printed; off: none",
+    )
     slide_mpp: float | None = option(
         None, "level-0 µm/px for a slide without MPP, or to override it", check=positive
     )

@@ -5,8 +5,11 @@ two patch sides centred on it. Windows of the patch size slide over it every
 ``stride`` px (the seed paper: 32), each gets the Grad-CAM of the model's last
 convolutional block (``layer4``), resized to the window, and overlapping
 windows are averaged into the region's map. Regions are chosen greedily by
-score, none overlapping another, so they show different places. Whole-slide Grad-CAM (every window, every stride) costs
-(patch / stride)^2 backward passes per window and is not done here.
+score, none overlapping another, so they show different places.
+
+Whole-slide Grad-CAM, on request (:func:`whole_slide_gradcam`): every tissue
+window on a grid at the Grad-CAM stride, each map averaged into cells of that
+stride; (patch / stride)^2 windows per patch area, each a backward pass.
 """
 
 from __future__ import annotations
@@ -77,3 +80,36 @@ def region_gradcam(
     return GradcamRegion(
         (int(origin[0]), int(origin[1])), region * per_px, image, cam, probability, len(offsets) ** 2
     )
+
+
+def whole_slide_gradcam(
+    predictor: Any, slide: Any, windows: Any, progress: bool, desc: str, percentile: float = 99.5
+) -> tuple[np.ndarray, float]:
+    """The Grad-CAM map (rows, cols) of the cells of ``windows.grid`` (a grid at the
+    Grad-CAM stride) and its scale: each window's raw map, resized to the k x k
+    cells it covers, averaged with its neighbours', then divided by the map's
+    ``percentile`` and clipped to [0, 1]; NaN off the tissue. Raw maps, not each
+    scaled to [0, 1]: scaled per window, every window of plain stroma would show
+    a hot spot of its own."""
+    import cv2
+    from tqdm import tqdm
+
+    from wsi_tools.predict._grid import ProbabilityMap
+
+    k = windows.grid.windows_per_side
+    cam_map = ProbabilityMap(windows.grid)
+    with tqdm(total=len(windows), desc=desc, unit="window", disable=not progress, leave=False) as bar:
+        for start, patches in predictor.read_batches(slide, windows):
+            cams = predictor.gradcam(patches, per_image=False)
+            cells = np.stack(
+                [cv2.resize(cam.astype(np.float32), (k, k), interpolation=cv2.INTER_AREA) for cam in cams]
+            )
+            end = start + len(patches)
+            cam_map.add_maps(windows.rows[start:end], windows.cols[start:end], cells)
+            bar.update(len(patches))
+    values = cam_map.mean()
+    finite = values[np.isfinite(values)]
+    scale = float(np.percentile(finite, percentile)) if len(finite) else 0.0
+    if scale > 0:
+        values = np.clip(values / scale, 0.0, 1.0)
+    return values.astype(np.float32), scale

@@ -77,7 +77,8 @@ def sliding_grid(dimensions: tuple[int, int], extent: float, windows_per_side: i
 
 
 class ProbabilityMap:
-    """The running mean of window probabilities per cell."""
+    """The running mean per cell of what the windows covering it gave: a probability
+    per window, or a map per window (Grad-CAM)."""
 
     def __init__(self, grid: SlidingGrid) -> None:
         self.grid = grid
@@ -91,6 +92,18 @@ class ProbabilityMap:
         for dy in range(self.grid.windows_per_side):
             for dx in range(self.grid.windows_per_side):
                 np.add.at(self.total, (rows + dy, cols + dx), values)
+                np.add.at(self.count, (rows + dy, cols + dx), 1)
+
+    def add_maps(self, rows: np.ndarray, cols: np.ndarray, maps: np.ndarray) -> None:
+        """Add each window's (k, k) map, one value per cell it covers (a Grad-CAM map
+        at cell resolution), to those cells."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        k = self.grid.windows_per_side
+        if maps.shape[1:] != (k, k):
+            raise ValueError(f"window maps must be {k} x {k} cells, got {maps.shape[1:]}")
+        for dy in range(k):
+            for dx in range(k):
+                np.add.at(self.total, (rows + dy, cols + dx), maps[:, dy, dx].astype(np.float64))
                 np.add.at(self.count, (rows + dy, cols + dx), 1)
 
     def mean(self) -> np.ndarray:

@@ -43,6 +43,8 @@ from wsi_tools.store import sanitize_slide_id
 SLIDE_FILE = "slide.json"
 TISSUE_MPP = 16.0  # as extraction: the mask the windows' tissue share is measured on
 HEATMAP_MPP = 8.0
+HEATMAP_MAX_PX = 2000
+SLIDE_CAM_PERCENTILE = 99.5  # the whole-slide Grad-CAM's 1.0: robust to a few extreme cells
 SPAN_WINDOWS = 16
 POSITIVE_GROUP = "predicted positive"
 HOLE_GROUP = "predicted positive (hole)"
@@ -69,6 +71,22 @@ class PixelSettings:
     input_size: int
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of one slide that are scored: on the tissue, in grid (row-major) order."""
+
+    plan: Any  # the slide's ReadPlan at the model's resolution
+    grid: SlidingGrid
+    tissue: Any  # the TissueMask the fractions were measured on
+    rows: np.ndarray
+    cols: np.ndarray
+    origins: np.ndarray  # (N, 2) level-0 top-left x, y
+    fractions: np.ndarray  # tissue share of each window
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+
 @dataclass
 class SlidePrediction:
     slide_id: str
@@ -78,6 +96,7 @@ class SlidePrediction:
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     gradcam: dict[str, Any] | None = None  # regions, windows, stride, seconds (with --gradcam)
+    gradcam_slide: dict[str, Any] | None = None  # windows, stride, seconds (--gradcam-whole-slide)
 
 
 def pixel_settings(
@@ -129,7 +148,12 @@ class Predictor:
                 f"(e.g. {self.pixels.patch_size // 2} for half a patch)"
             )
         self.stride = stride
-        self.runtime = inference_runtime(self.config.device)
+        if self.config.gradcam_whole_slide and self.pixels.patch_size % self.config.gradcam_stride:
+            raise ConfigError(
+                f"--gradcam-stride {self.config.gradcam_stride} must divide the patch size "
+                f"{self.pixels.patch_size} for --gradcam-whole-slide (e.g. {self.pixels.patch_size // 8})"
+            )
+        self.runtime = inference_runtime(self.config.device, channels_last_on_cpu=True)
         model = PatchClassifier(train_config.input_size)
         load_weights(model, record.model, self.checkpoint)
         self.model = prepare_model(model, self.runtime)
@@ -166,8 +190,9 @@ class Predictor:
                 logits = self.model(x)
             return torch.sigmoid(logits.double()).cpu().numpy().reshape(-1)
 
-    def gradcam(self, patches: np.ndarray) -> np.ndarray:
-        """Grad-CAM maps (B, h, w) in [0, 1] of uint8 RGB patches (B, P, P, 3), in batches."""
+    def gradcam(self, patches: np.ndarray, per_image: bool = True) -> np.ndarray:
+        """Grad-CAM maps (B, h, w) of uint8 RGB patches (B, P, P, 3), in batches: each in
+        [0, 1], or raw (``per_image=False``, see :func:`~wsi_tools.viz.figures.grad_cam`)."""
         from wsi_tools.train.data import resize_batch
         from wsi_tools.train.inference import to_device, unwrap
         from wsi_tools.viz.figures import grad_cam
@@ -178,7 +203,7 @@ class Predictor:
         for start in range(0, len(patches), self.config.batch_size):
             batch = resize_batch(patches[start : start + self.config.batch_size], self.pixels.input_size)
             x = to_device(batch, self.runtime, self.transform)
-            maps.append(grad_cam(model, x.float(), layer))
+            maps.append(grad_cam(model, x.float(), layer, per_image=per_image))
         return np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32)
 
     @property
@@ -190,14 +215,29 @@ class Predictor:
                 return name
         return "layer1"
 
-    def _batches(
-        self, slide: Any, origins: np.ndarray, extent: float, plan: Any
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """(first window index, patches) in full batches, read ahead by the reader threads."""
+    def plan_windows(self, slide: Any, stride: int | None = None, tissue: Any = None) -> WindowPlan:
+        """The windows of ``slide`` (an open :class:`~wsi_tools.slide.Slide`) that are
+        scored: every ``stride`` px (default: the prediction's) on ``tissue`` (default:
+        detected now)."""
+        from wsi_tools.tissue import detect_tissue
+
+        plan = slide.plan(self.pixels.target_mpp, self.pixels.tolerance)
+        extent = plan.level0_extent(self.pixels.patch_size)
+        grid = sliding_grid(slide.dimensions, extent, self.pixels.patch_size // (stride or self.stride))
+        tissue = tissue if tissue is not None else detect_tissue(slide, target_mpp=TISSUE_MPP)
+        rows, cols = grid.window_index()
+        origins = grid.origins(rows, cols)
+        fractions = tissue.fractions(origins, extent) if len(origins) else np.zeros(0)
+        keep = fractions >= self.config.tissue_min
+        return WindowPlan(plan, grid, tissue, rows[keep], cols[keep], origins[keep], fractions[keep])
+
+    def read_batches(self, slide: Any, windows: WindowPlan) -> Iterator[tuple[int, np.ndarray]]:
+        """(first window index, uint8 patches) in full batches of the windows, in order,
+        read ahead by the reader threads while the caller scores the last batch."""
         from wsi_tools.extract import read_windows
 
-        size = self.pixels.patch_size
-        spans = list(row_spans(origins, extent, SPAN_WINDOWS))
+        size, origins, plan = self.pixels.patch_size, windows.origins, windows.plan
+        spans = list(row_spans(origins, windows.grid.extent, SPAN_WINDOWS))
         pending: list[np.ndarray] = []
         pending_start, pending_count = 0, 0
         with ThreadPoolExecutor(self.config.threads, thread_name_prefix="predict-read") as pool:
@@ -238,7 +278,6 @@ class Predictor:
         from tqdm import tqdm
 
         from wsi_tools.slide import open_slide
-        from wsi_tools.tissue import detect_tissue
 
         started = time.perf_counter()
         slide_path = Path(slide_path)
@@ -251,25 +290,19 @@ class Predictor:
             return SlidePrediction(slide_id, str(slide_path), "skipped", final, done.get("scores", {}))
         mpp = slide_mpp if slide_mpp is not None else self.config.slide_mpp
         with open_slide(slide_path, backend=self.config.backend, mpp=mpp) as slide:
-            plan = slide.plan(self.pixels.target_mpp, self.pixels.tolerance)
-            extent = plan.level0_extent(self.pixels.patch_size)
-            grid = sliding_grid(slide.dimensions, extent, self.pixels.patch_size // self.stride)
-            tissue = detect_tissue(slide, target_mpp=TISSUE_MPP)
-            rows, cols = grid.window_index()
-            origins = grid.origins(rows, cols)
-            fractions = tissue.fractions(origins, extent) if len(origins) else np.zeros(0)
-            keep = fractions >= self.config.tissue_min
-            rows, cols, origins, fractions = rows[keep], cols[keep], origins[keep], fractions[keep]
+            windows = self.plan_windows(slide)
+            plan, grid, tissue, origins = windows.plan, windows.grid, windows.tissue, windows.origins
+            extent, fractions = grid.extent, windows.fractions
             probabilities = np.zeros(len(origins), np.float64)
             show = self.config.progress and _terminal()
             with tqdm(
                 total=len(origins), desc=slide_id[:24], unit="window", disable=not show, leave=False
             ) as bar:
-                for start, patches in self._batches(slide, origins, extent, plan):
+                for start, patches in self.read_batches(slide, windows):
                     probabilities[start : start + len(patches)] = self.score(patches)
                     bar.update(len(patches))
             probability_map = ProbabilityMap(grid)
-            probability_map.add(rows, cols, probabilities)
+            probability_map.add(windows.rows, windows.cols, probabilities)
             mean_map = probability_map.mean()
             regions = positive_regions(mean_map, grid, self.threshold)
             thumbnail, downsample = slide.thumbnail(_heatmap_mpp(slide))
@@ -299,6 +332,11 @@ class Predictor:
                     record["gradcam"] = self._gradcam(
                         temporary, slide, plan, origins, probabilities, extent, record
                     )
+                if self.config.gradcam_whole_slide:
+                    record["gradcam_slide"] = self._gradcam_slide(
+                        temporary, slide, windows, record, thumbnail, downsample, show,
+                        time.perf_counter() - started,
+                    )  # fmt: skip
                 self._write(temporary, record, origins, fractions, probabilities, mean_map, grid, regions)
                 self._heatmap(
                     temporary, record, thumbnail, downsample, mean_map, grid, regions, tissue.polygon
@@ -315,6 +353,7 @@ class Predictor:
             scores,
             time.perf_counter() - started,
             record.get("gradcam"),
+            record.get("gradcam_slide"),
         )
 
     def _gradcam(
@@ -359,6 +398,57 @@ class Predictor:
             "windows": sum(r.windows for r in regions),
             "stride": stride,
             "seconds": round(time.perf_counter() - started, 2),
+        }
+
+    def _gradcam_slide(
+        self,
+        folder: Path,
+        slide: Any,
+        windows: WindowPlan,
+        record: dict[str, Any],
+        thumbnail: np.ndarray,
+        downsample: float,
+        progress: bool,
+        prediction_seconds: float,
+    ) -> dict[str, Any]:
+        """gradcam_slide.npy/.json/.png: Grad-CAM over every tissue window; what it cost."""
+        from wsi_tools.predict._gradcam import whole_slide_gradcam
+        from wsi_tools.viz.heatmap import render_heatmap
+
+        started = time.perf_counter()
+        stride = self.config.gradcam_stride
+        cam_windows = self.plan_windows(slide, stride=stride, tissue=windows.tissue)
+        cam_map, scale = whole_slide_gradcam(
+            self, slide, cam_windows, progress, f"Grad-CAM {record['slide_id'][:15]}", SLIDE_CAM_PERCENTILE
+        )
+        np.save(folder / "gradcam_slide.npy", cam_map)
+        values = (
+            f"Grad-CAM ({self.gradcam_layer}) of the windows covering each cell, averaged, divided by "
+            f"its {SLIDE_CAM_PERCENTILE:g}th percentile over the slide (scale) and clipped to 1; NaN: none"
+        )
+        (folder / "gradcam_slide.json").write_text(
+            json.dumps({**cam_windows.grid.geometry(), "values": values, "scale": scale}, indent=1)
+        )
+        seconds = time.perf_counter() - started
+        render_heatmap(
+            thumbnail,
+            downsample,
+            cam_map,
+            cam_windows.grid.step,
+            folder / "gradcam_slide.png",
+            title=f"{record['slide_id']}  ·  Grad-CAM ({self.gradcam_layer}) of {len(cam_windows)} windows every "
+            f"{stride} px\nmodel {self.model_name}  ·  {self.pixels.patch_size} px at {self.pixels.target_mpp:g} µm/px",
+            mpp=record["slide_mpp"],
+            threshold=None,
+            tissue=windows.tissue.polygon,
+            label=f"Grad-CAM ({self.gradcam_layer})",
+        )
+        return {
+            "layer": self.gradcam_layer,
+            "windows": len(cam_windows),
+            "stride": stride,
+            "seconds": round(seconds, 2),
+            "times_prediction": round(seconds / max(prediction_seconds, 1e-9), 1),
         }
 
     def _write(
@@ -491,9 +581,13 @@ def _with_holes(annotation: Any, region: Region) -> Any:
 
 
 def _heatmap_mpp(slide: Any) -> float:
-    """Fine enough for at least ~800 px on the long side, never finer than level 0."""
+    """Fine enough for at least ~800 px on the long side, coarse enough for at most
+    HEATMAP_MAX_PX (matplotlib holds several float copies of the picture: drawing a
+    6250 px thumbnail of a 100k px slide raised predict's peak RSS from 1.4 to 4.6 GB),
+    never finer than level 0."""
     spec = slide.spec
-    return max(spec.mpp, min(HEATMAP_MPP, spec.mpp * max(spec.dimensions) / 800))
+    long_side_um = spec.mpp * max(spec.dimensions)
+    return max(spec.mpp, min(HEATMAP_MPP, long_side_um / 800), long_side_um / HEATMAP_MAX_PX)
 
 
 def _terminal() -> bool:

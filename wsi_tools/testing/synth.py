@@ -21,6 +21,7 @@ import numpy as np
 import tifffile
 
 ContentFn = Callable[[int, int, int, int, float], np.ndarray]
+EncodedTilesFn = Callable[[float, tuple[int, int]], Iterator[bytes] | None]
 
 BACKGROUND = 242  # the light grey-white of glass on an Aperio scan
 
@@ -77,12 +78,15 @@ def write_aperio_svs(
     downsamples: Sequence[int] = (1, 4, 16),
     tile: int = 256,
     quality: int = 90,
+    encoded: EncodedTilesFn | None = None,
 ) -> Path:
     """Write a tiled, JPEG-compressed Aperio-like SVS pyramid.
 
     Give either ``level0`` (an RGB array; levels are INTER_AREA reductions of
     it) or ``content`` with ``size`` = level-0 (width, height) for a streamed
     slide. ``mpp=None`` writes a slide without MPP, like some TCGA crops.
+    ``encoded(downsample, level_size)`` may give a level's tiles as JPEG bytes
+    (:func:`banked_tiles`), or None to draw it from ``content``.
     """
     path = Path(path)
     if (level0 is None) == (content is None):
@@ -105,9 +109,14 @@ def write_aperio_svs(
                     if downsample == 1
                     else cv2.resize(level0, level_size, interpolation=cv2.INTER_AREA)
                 )
-                tiles = _tiles_from_array(image, tile)
+                tiles: Iterator[np.ndarray] | Iterator[bytes] = _tiles_from_array(image, tile)
             elif content is not None:
-                tiles = _tiles_from_content(content, level_size, downsample, tile)
+                banked = encoded(downsample, level_size) if encoded is not None else None
+                tiles = (
+                    banked
+                    if banked is not None
+                    else _tiles_from_content(content, level_size, downsample, tile)
+                )
             else:
                 raise ValueError("give level0 or content")
             description = aperio_description(
@@ -198,10 +207,12 @@ def synthetic_tissue(width: int, height: int, seed: int = 0, tissue_fraction: fl
     return image
 
 
-def tissue_content(seed: int = 0, blob_px: int = 6000) -> ContentFn:
+def tissue_content(seed: int = 0, blob_px: int = 6000, sparsity: float = 0.1) -> ContentFn:
     """A content function for large streamed slides: tissue blobs of about
     ``blob_px`` level-0 px with textured stroma, drawn consistently at any
-    downsample from the level-0 coordinates alone."""
+    downsample from the level-0 coordinates alone. ``sparsity`` in [-1.5, 1.5]
+    thins the blobs: 0.1 covers about 44 % of the slide, 1.0 about 5 % (islands
+    like biopsy fragments)."""
     rng = np.random.default_rng(seed)
     phases = rng.random(6) * 2 * np.pi
 
@@ -213,7 +224,7 @@ def tissue_content(seed: int = 0, blob_px: int = 6000) -> ContentFn:
         field = np.sin(gx * k + phases[0]) * np.sin(gy * k * 0.8 + phases[1]) + 0.5 * np.sin(
             (gx + gy) * k * 0.5 + phases[2]
         )
-        tissue = field > 0.1
+        tissue = field > sparsity
         fine = 2 * np.pi / 40.0
         texture = 0.5 + 0.25 * np.sin(gx * fine + phases[3]) * np.sin(gy * fine * 1.3 + phases[4])
         texture += 0.25 * np.sin((gx - gy) * fine * 0.7 + phases[5])
@@ -225,3 +236,58 @@ def tissue_content(seed: int = 0, blob_px: int = 6000) -> ContentFn:
         return image
 
     return content
+
+
+def banked_tiles(
+    content: ContentFn, *, tile: int = 256, quality: int = 90, bank: int = 16, seed: int = 0
+) -> Callable[[float, tuple[int, int]], Iterator[bytes]]:
+    """Fast tiles for very large slides (100k x 100k px is ~150k tiles a level): each
+    tile is glass or one of ``bank`` tissue tiles, drawn once per level and JPEG
+    encoded once; a tile is tissue where ``content`` has tissue at its centre, so
+    the layout agrees with the levels drawn from ``content``. The tissue tiles are
+    ``content``'s texture at that level's scale, without the blob outline."""
+
+    def level_tiles(downsample: float, level_size: tuple[int, int]) -> Iterator[bytes]:
+        width, height = level_size
+        columns, rows = -(-width // tile), -(-height // tile)
+        span = tile * downsample  # level-0 px of one tile
+        centres = content(0, 0, columns, rows, span)  # one pixel per tile, at its centre
+        is_tissue = (centres != BACKGROUND).any(axis=2)
+        rng = np.random.default_rng(seed)
+        found = np.argwhere(is_tissue)
+        picks = found[rng.integers(0, len(found), bank)] if len(found) else np.zeros((0, 2), np.int64)
+        drawn = [content(int(c * span), int(r * span), tile, tile, downsample) for r, c in picks]
+        blocks = [np.full((tile, tile, 3), BACKGROUND, np.uint8), *drawn]
+        encoded = _encode_tiles(blocks, tile, quality)
+        choice = (
+            rng.integers(1, len(encoded), is_tissue.shape) if len(encoded) > 1 else np.zeros(is_tissue.shape)
+        )
+        for row in range(rows):
+            for column in range(columns):
+                yield encoded[int(choice[row, column]) if is_tissue[row, column] else 0]
+
+    return level_tiles
+
+
+def _encode_tiles(blocks: Sequence[np.ndarray], tile: int, quality: int) -> list[bytes]:
+    """Each block's JPEG bytes exactly as tifffile encodes a tile of ``write_aperio_svs``."""
+    import io
+
+    buffer = io.BytesIO()
+    strip = np.concatenate(blocks, axis=1)
+    tifffile.imwrite(
+        buffer,
+        strip,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": quality},
+    )
+    buffer.seek(0)
+    with tifffile.TiffFile(buffer) as tif:
+        page = tif.pages.first
+        data = buffer.getvalue()
+        return [
+            data[offset : offset + count]
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True)
+        ]

@@ -133,10 +133,14 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return torch.sigmoid(torch.as_tensor(logits, dtype=torch.float64)).numpy()
 
 
-def inference_runtime(device: str | torch.device) -> Runtime:
+def inference_runtime(device: str | torch.device, *, channels_last_on_cpu: bool = False) -> Runtime:
+    """AMP and channels_last on CUDA; on the CPU full precision, channels_last when asked
+    (a ResNet18 forward at 224 px runs about 1.35x faster so on two cores; the logits
+    differ by ~1e-6, so the scorers whose outputs were recorded keep the default)."""
     device = resolve_device(device) if isinstance(device, str) else device
     amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return Runtime(device=device, amp_dtype=amp, channels_last=device.type == "cuda")
+    channels_last = device.type == "cuda" or channels_last_on_cpu
+    return Runtime(device=device, amp_dtype=amp, channels_last=channels_last)
 
 
 def prepare_model(model: PatchClassifier, runtime: Runtime) -> PatchClassifier:

@@ -119,13 +119,18 @@ def plot_tsne(
 
 
 def grad_cam(
-    model: torch.nn.Module, batch: torch.Tensor, target_layer: torch.nn.Module | None = None
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    target_layer: torch.nn.Module | None = None,
+    *,
+    per_image: bool = True,
 ) -> np.ndarray:
-    """Grad-CAM maps (B, h, w) in [0, 1] for the positive logit of a
-    single-logit model, from forward/backward hooks on ``target_layer``
-    (default ``model.backbone.layer4``: 7 x 7 at a 224 px input, 2 x 2 at
-    64 px). ``batch`` is the normalised input. An image whose map is flat
-    (no positive evidence anywhere) gets zeros."""
+    """Grad-CAM maps (B, h, w) for the positive logit of a single-logit model,
+    from forward/backward hooks on ``target_layer`` (default
+    ``model.backbone.layer4``: 7 x 7 at a 224 px input, 2 x 2 at 64 px).
+    ``batch`` is the normalised input. ``per_image``: each map min-max scaled to
+    [0, 1] (where, not how much; a flat map gets zeros); otherwise the raw ReLU
+    maps, comparable between images (a whole slide scales them once)."""
     import torch
 
     layer: torch.nn.Module = target_layer if target_layer is not None else getattr(model, "backbone").layer4  # noqa: B009
@@ -153,6 +158,8 @@ def grad_cam(
     activation, gradient = saved["activation"].detach(), saved["gradient"].detach()
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # one weight per channel
     cam = torch.relu((weights * activation).sum(dim=1))
+    if not per_image:
+        return cam.float().cpu().numpy()
     # Min-max per image, as usual for Grad-CAM: the map shows where, not how much.
     low = cam.flatten(1).amin(dim=1)[:, None, None]
     high = cam.flatten(1).amax(dim=1)[:, None, None]

@@ -28,7 +28,7 @@ def render_heatmap(
     *,
     title: str,
     mpp: float | None,
-    threshold: float,
+    threshold: float | None,
     tissue: BaseGeometry | None = None,
     regions: Sequence[BaseGeometry] = (),
     label: str = "probability",
@@ -77,10 +77,11 @@ def render_heatmap(
     colour_axes = figure.add_axes((0.85, 0.1, 0.03, 0.7))
     bar = figure.colorbar(overlay, cax=colour_axes)
     bar.set_label(label)
-    bar.ax.axhline(threshold, color="black", linewidth=1.5)
-    bar.ax.text(
-        1.6, threshold, f"threshold {threshold:g}", transform=bar.ax.get_yaxis_transform(), fontsize=7
-    )
+    if threshold is not None:  # a Grad-CAM map has none
+        bar.ax.axhline(threshold, color="black", linewidth=1.5)
+        bar.ax.text(
+            1.6, threshold, f"threshold {threshold:g}", transform=bar.ax.get_yaxis_transform(), fontsize=7
+        )
     figure.suptitle(title, fontsize=10, x=0.02, ha="left")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
