@@ -154,6 +154,22 @@ def test_an_old_checkpoint_asks_for_the_resolution_and_patch_size(tmp_path: Path
         Predictor(checkpoint, PredictConfig(target_mpp=0.5, patch_size=64, stride=24, progress=False))
 
 
+def test_overlap_is_another_way_to_give_the_stride() -> None:
+    from wsi_tools.predict._predict import window_stride
+
+    assert window_stride(224, None, None) == 112  # the seed paper's half patch
+    assert window_stride(224, None, 0.75) == 56 and window_stride(224, None, 0.0) == 224
+    assert window_stride(224, 32, None) == 32
+    with pytest.raises(
+        ConfigError, match=r"--overlap 0.3 \(a stride of 157 px\) must divide .* 0, 0.5, 0.75, 0.857"
+    ):
+        window_stride(224, None, 0.3)
+    with pytest.raises(ConfigError, match="not both"):
+        PredictConfig(stride=112, overlap=0.5)
+    with pytest.raises(ConfigError, match="overlap"):
+        PredictConfig(overlap=1.0)
+
+
 # ---------------------------------------------------------------------- a trained model on planted regions
 
 

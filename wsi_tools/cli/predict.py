@@ -53,7 +53,17 @@ GPUs the slides are spread over them, one worker per GPU. Exit status: 0 all don
 3 some slides failed, 2 bad arguments.
 """
 
-FLAGS = ("stride", "threshold", "tissue_min", "top_k", "patch_size", "tolerance", "slide_mpp", "backend")
+FLAGS = (
+    "stride",
+    "overlap",
+    "threshold",
+    "tissue_min",
+    "top_k",
+    "patch_size",
+    "tolerance",
+    "slide_mpp",
+    "backend",
+)
 GRADCAM_FLAGS = ("gradcam", "gradcam_regions", "gradcam_stride", "gradcam_whole_slide")
 RUNTIME_FLAGS = ("batch_size", "threads", "device")
 

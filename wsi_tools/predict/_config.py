@@ -6,7 +6,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from wsi_tools.options import at_least, device_name, one_of, option, positive, unit_interval, validate
+from wsi_tools.errors import ConfigError
+from wsi_tools.options import (
+    at_least,
+    between,
+    device_name,
+    one_of,
+    option,
+    positive,
+    unit_interval,
+    validate,
+)
 from wsi_tools.slide import READER_CHOICES
 
 
@@ -19,6 +29,13 @@ class PredictConfig:
         "window step in px at the model's resolution; must divide the patch size; "
         "none: half a patch (the seed paper: 224 px windows at stride 112)",
         check=at_least(1),
+    )
+    overlap: float | None = option(
+        None,
+        "share of a window its neighbour overlaps (stride = patch x (1 - overlap), e.g. 0.5 for half a "
+        "patch, 0 for none); give --stride or --overlap; none: --stride's default",
+        check=between(0.0, 0.95),
+        output=False,  # what it changes is the stride, which the outputs record
     )
     threshold: float | None = option(
         None,
@@ -73,6 +90,8 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.stride is not None and self.overlap is not None:
+            raise ConfigError(f"give --stride ({self.stride}) or --overlap ({self.overlap:g}), not both")
 
     def replace(self, **changes: Any) -> PredictConfig:
         return dataclasses.replace(self, **changes)

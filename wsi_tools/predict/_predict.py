@@ -141,12 +141,7 @@ class Predictor:
         self.threshold = float(
             self.config.threshold if self.config.threshold is not None else train_config.threshold
         )
-        stride = self.config.stride or self.pixels.patch_size // 2
-        if self.pixels.patch_size % stride:
-            raise ConfigError(
-                f"--stride {stride} must divide the patch size {self.pixels.patch_size} "
-                f"(e.g. {self.pixels.patch_size // 2} for half a patch)"
-            )
+        stride = window_stride(self.pixels.patch_size, self.config.stride, self.config.overlap)
         self.stride = stride
         if self.config.gradcam_whole_slide and self.pixels.patch_size % self.config.gradcam_stride:
             raise ConfigError(
@@ -526,6 +521,29 @@ class Predictor:
             tissue=tissue,
             regions=[region.geometry for region in regions],
         )
+
+
+def window_stride(patch_size: int, stride: int | None, overlap: float | None) -> int:
+    """The step between windows in px at the model's resolution: ``stride``, or
+    ``patch x (1 - overlap)``, or half a patch; it must divide the patch, so that
+    every map cell is covered by the same number of windows."""
+    if stride is None:
+        stride = max(1, round(patch_size * (1 - overlap))) if overlap is not None else patch_size // 2
+        given = (
+            f"--overlap {overlap:g} (a stride of {stride} px)"
+            if overlap is not None
+            else f"--stride {stride}"
+        )
+    else:
+        given = f"--stride {stride}"
+    if patch_size % stride:
+        divisors = [d for d in range(1, patch_size + 1) if patch_size % d == 0]
+        shares = ", ".join(f"{1 - d / patch_size:.3g}" for d in divisors[-4:][::-1])
+        raise ConfigError(
+            f"{given} must divide the patch size {patch_size} (e.g. --stride {patch_size // 2} for half a "
+            f"patch; overlaps that fit: {shares})"
+        )
+    return int(stride)
 
 
 def slide_scores(probabilities: np.ndarray, threshold: float, top_k: int) -> dict[str, float]:
