@@ -588,3 +588,21 @@ def test_declared_extra_groups_are_written(tmp_path: Path) -> None:
     assert set(again.groups) == {"LI+", "LI-"} and again.groups["LI-"].color == "#00FF00"
     assert again.annotations[0].color == "#000000"
     assert math.isclose(again.annotations[0].geometry.x, 1.0)
+
+
+def test_written_annotations_get_the_permissions_of_any_new_file(tmp_path: Path) -> None:
+    """A run's XML and GeoJSON are read by colleagues and viewers: not private (0600) files."""
+    import os
+
+    from wsi_tools.annotations import Annotation, write_qupath_geojson
+
+    region = Annotation("r", "Polygon", "tumor", ("tumor",), box(0, 0, 10, 10), "#FF0000")
+    previous = os.umask(0o022)
+    try:
+        paths = [write_asap_xml([region], tmp_path / "a.xml"), tmp_path / "a.geojson"]
+        write_qupath_geojson([region], paths[1])
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert {path.stat().st_mode & 0o777 for path in [*paths, tmp_path / "plain.txt"]} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.geojson", "a.xml", "plain.txt"]  # no temporaries

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings as python_warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +10,7 @@ import shapely
 from lxml import etree
 from shapely.geometry import MultiPoint, MultiPolygon, Point, Polygon
 
+from wsi_tools._atomic import write_atomically
 from wsi_tools.annotations._model import (
     ASAP_NO_GROUP,
     ASAP_TYPE_NAMES,
@@ -59,7 +58,7 @@ def write_asap_xml(
         )
         etree.SubElement(group, "Attributes")
     data = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-    _write_atomically(path, data)
+    write_atomically(path, data)
     return path
 
 
@@ -117,15 +116,3 @@ def _format_number(value: float) -> str:
     """Shortest text that reads back as the same float ("12" for 12.0)."""
     text = repr(float(value))
     return text[:-2] if text.endswith(".0") else text
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -18,7 +18,7 @@ from typing import Any
 import shapely
 from shapely.geometry import MultiPolygon, mapping
 
-from wsi_tools.annotations._asap_writer import _write_atomically
+from wsi_tools._atomic import write_atomically
 from wsi_tools.annotations._model import DEFAULT_ANNOTATION_COLOR, Annotation
 from wsi_tools.errors import AnnotationError
 
@@ -64,5 +64,5 @@ def write_qupath_geojson(
             {"type": "Feature", "geometry": _geometry(annotation, path), "properties": properties}
         )
     data = json.dumps({"type": "FeatureCollection", "features": features}, indent=1)
-    _write_atomically(path, data.encode("utf-8"))
+    write_atomically(path, data)
     return path

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from wsi_tools._atomic import write_atomically
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -140,24 +142,18 @@ def write_report(report: BatchReport, run_dir: Path) -> tuple[Path, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     json_path = run_dir / "report.json"
     md_path = run_dir / "report.md"
-    _write_atomically(json_path, json.dumps(report.as_dict(), indent=2) + "\n")
-    _write_atomically(md_path, report_markdown(report))
+    write_atomically(json_path, json.dumps(report.as_dict(), indent=2) + "\n")
+    write_atomically(md_path, report_markdown(report))
     # Flat extraction settings, so `--config runs/<run_id>/config.yaml` repeats the run.
     options = " ".join(f"{key}={value}" for key, value in report.options.items())
     header = f"# Effective extraction settings of batch run {report.run_id}.\n# Batch options: {options}\n"
-    _write_atomically(run_dir / "config.yaml", header + yaml.safe_dump(report.settings, sort_keys=False))
+    write_atomically(run_dir / "config.yaml", header + yaml.safe_dump(report.settings, sort_keys=False))
     splits = [(o.slide_id, o.split) for o in report.slides if o.split]
     if splits:
-        _write_atomically(
+        write_atomically(
             run_dir / "splits.csv", "slide_id,split\n" + "".join(f"{i},{s}\n" for i, s in splits)
         )
     return json_path, md_path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 def summary_table(report: BatchReport, max_rows: int = 50) -> Table:

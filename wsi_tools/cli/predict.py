@@ -251,10 +251,11 @@ def _write_report(
     failures: list[dict[str, str]],
     seconds: float,
 ) -> None:
-    """OUT/failures.json and OUT/report.json: what this run did with every slide."""
+    """OUT/failures.json, OUT/report.json and report.md: what this run did with every slide."""
+    from wsi_tools._atomic import write_atomically
     from wsi_tools.provenance import code_version, now_iso
 
-    (args.out / "failures.json").write_text(json.dumps(failures, indent=1))
+    write_atomically(args.out / "failures.json", json.dumps(failures, indent=1))
     report = {
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "engine": f"dask ({args.scheduler or f'{args.workers} local worker(s)'})"
@@ -274,8 +275,8 @@ def _write_report(
         ]
         + [{**failure, "status": "failed"} for failure in failures],
     }
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (args.out / "report.md").write_text(_report_markdown(report))
+    write_atomically(args.out / "report.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_atomically(args.out / "report.md", _report_markdown(report))
 
 
 def _report_markdown(report: dict[str, Any]) -> str:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_tools._atomic import write_atomically
 from wsi_tools.errors import ConfigError, StoreError
 from wsi_tools.store import _codec
 
@@ -79,9 +79,7 @@ def read_attributes(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.part")
-    temporary.write_text(json.dumps(document, indent=2, default=json_default), encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(document, indent=2, default=json_default))
 
 
 def json_default(value: object) -> object:
