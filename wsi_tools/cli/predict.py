@@ -239,7 +239,7 @@ def _prediction_lines(prediction: SlidePrediction, threshold: float) -> str:
         cost = prediction.gradcam_slide
         lines.append(
             f"  whole-slide Grad-CAM: {cost['windows']} windows every {cost['stride']} px in "
-            f"{cost['seconds']:.1f} s ({cost['times_prediction']:g}x the rest of the slide) "
+            f"{cost['seconds']:.1f} s ({cost['times_prediction']:g}x the prediction's time) "
             f"-> {prediction.out_dir / 'gradcam_slide.png'}"
         )
     return "\n".join(lines)
