@@ -300,8 +300,9 @@ def run_seed(
             from wsi_tools.pipelines.pictures import seed_figures
 
             record["figures"] = seed_figures(
-                store, weak, strong, mining, recipe, config.figures, seed_dir, suffix, mining_config.metric
-            )
+                store, weak, strong, mining, recipe, config.figures, seed_dir, suffix, mining_config.metric,
+                caption=f"seed {seed}" + (f", {name}" if name else ""),
+            )  # fmt: skip
             if holdout and not name:
                 from wsi_tools.pipelines.pictures import holdout_heatmaps
 

@@ -31,6 +31,7 @@ def tsne_figure(
     recipe: Any,
     figure_config: Any,
     path: Path,
+    caption: str = "",
 ) -> Path:
     """Training patches of the weak model (TP/FN/TN/FP by its scores) and the
     mined weak patches, embedded by both models."""
@@ -62,11 +63,21 @@ def tsne_figure(
         "weak": embed_patches(weak_model, store_path, chosen, recipe.batch_size),
         "strong": embed_patches(strong_model, store_path, chosen, recipe.batch_size),
     }
-    return figures.plot_tsne(embeddings, categories[rows], path, max_points=len(rows))
+    title = _title(
+        caption, "training-split patches, labelled by the weak model's scores, and the mined patches"
+    )
+    return figures.plot_tsne(embeddings, categories[rows], path, max_points=len(rows), title=title)
 
 
 def gradcam_figure(
-    store: Any, weak: Any, strong: Any, mining: Any, recipe: Any, figure_config: Any, path: Path
+    store: Any,
+    weak: Any,
+    strong: Any,
+    mining: Any,
+    recipe: Any,
+    figure_config: Any,
+    path: Path,
+    caption: str = "",
 ) -> Path:
     """False positives and true positives of the weak model with the Grad-CAM
     of both models: test-split false positives first, topped up with the
@@ -113,7 +124,10 @@ def gradcam_figure(
             with torch.no_grad():
                 probabilities[name] = torch.sigmoid(model(x)).tolist()
     titles = [f"{kind} {r[0]}" for kind, r in picked]
-    return figures.plot_gradcam_grid(images, cams, probabilities, titles, path)
+    title = _title(
+        caption, "Grad-CAM (layer4) of the weak and strong models on the weak model's FPs and test TPs"
+    )
+    return figures.plot_gradcam_grid(images, cams, probabilities, titles, path, title)
 
 
 def seed_figures(
@@ -126,29 +140,43 @@ def seed_figures(
     out_dir: Path,
     suffix: str = "",
     metric: str = "l2",
+    caption: str = "",
 ) -> dict[str, str]:
-    """Write ``tsne.png``, ``gradcam.png`` and ``mined_gallery.png`` for one seed."""
+    """Write ``tsne.png``, ``gradcam.png`` and ``mined_gallery.png`` for one seed;
+    ``caption`` (e.g. "seed 0") starts each picture's title."""
     from wsi_tools.train.data import open_store
 
     store = open_store(store_path)
     return {
         "tsne": str(
             tsne_figure(
-                store_path, store, weak, strong, mining, recipe, figure_config, out_dir / f"tsne{suffix}.png"
+                store_path,
+                store,
+                weak,
+                strong,
+                mining,
+                recipe,
+                figure_config,
+                out_dir / f"tsne{suffix}.png",
+                caption,
             )
         ),
         "gradcam": str(
             gradcam_figure(
-                store, weak, strong, mining, recipe, figure_config, out_dir / f"gradcam{suffix}.png"
+                store, weak, strong, mining, recipe, figure_config, out_dir / f"gradcam{suffix}.png", caption
             )
         ),
         "mined_gallery": str(
-            gallery_figure(store, mining, figure_config, metric, out_dir / f"mined_gallery{suffix}.png")
+            gallery_figure(
+                store, mining, figure_config, metric, out_dir / f"mined_gallery{suffix}.png", caption
+            )
         ),
     }
 
 
-def gallery_figure(store: Any, mining: Any, figure_config: Any, metric: str, path: Path) -> Path:
+def gallery_figure(
+    store: Any, mining: Any, figure_config: Any, metric: str, path: Path, caption: str = ""
+) -> Path:
     """The highest-scoring false positives, each with its nearest weak patches."""
     fps = mining.false_positives
     order = np.argsort(-fps.probs)[: figure_config.gallery_queries]
@@ -170,7 +198,15 @@ def gallery_figure(store: Any, mining: Any, figure_config: Any, metric: str, pat
                 for r in rows
             ]
         )
-    return figures.plot_mined_gallery(queries, titles, hits, distances, path, places)
+    title = _title(
+        caption,
+        f"the weak model's top training FPs (left) and the weak-slide patches mined for them (d: {metric} distance)",
+    )
+    return figures.plot_mined_gallery(queries, titles, hits, distances, path, places, title)
+
+
+def _title(caption: str, what: str) -> str:
+    return f"{caption}: {what}" if caption else what
 
 
 def holdout_heatmaps(

@@ -90,6 +90,7 @@ def plot_tsne(
     *,
     max_points: int = 2000,
     seed: int = 0,
+    title: str | None = None,
 ) -> Path:
     """One t-SNE panel per model (e.g. weak, strong), side by side, the same
     patches in each, coloured by category (TP, TN, FP, FN, mined)."""
@@ -115,6 +116,8 @@ def plot_tsne(
         axis.set_xticks([])
         axis.set_yticks([])
         axis.legend(loc="best", fontsize=8, markerscale=1.5)
+    if title:
+        figure.suptitle(title, fontsize=10)
     return _save(figure, path)
 
 
@@ -183,17 +186,33 @@ def plot_gradcam_grid(
     probabilities: Mapping[str, Sequence[float]],
     row_titles: Sequence[str],
     path: str | Path,
+    title: str | None = None,
 ) -> Path:
-    """Rows of patches: the patch, then one Grad-CAM overlay per model with its probability."""
+    """Rows of patches: the patch, then one Grad-CAM overlay per model with its
+    probability; one colour bar for all."""
     n_rows, n_cols = len(images), 1 + len(cams)
-    figure, axes = _subplots(max(n_rows, 1), n_cols, figsize=(2.3 * n_cols, 2.3 * max(n_rows, 1)))
+    figure, axes = _subplots(max(n_rows, 1), n_cols, figsize=(2.3 * n_cols + 0.8, 2.3 * max(n_rows, 1)))
     for row, image in enumerate(images):
         axes[row, 0].imshow(image)
         axes[row, 0].set_title(row_titles[row], fontsize=8)
         for col, (name, maps) in enumerate(cams.items(), start=1):
             axes[row, col].imshow(overlay(image, maps[row]))
             axes[row, col].set_title(f"{name}: p={probabilities[name][row]:.2f}", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    _gradcam_colour_bar(figure, axes)
     return _save_image_grid(figure, axes, path, empty_message=None if len(images) else "no patches to show")
+
+
+def _gradcam_colour_bar(figure: Figure, axes: np.ndarray) -> None:
+    """The colour bar of the overlays (jet, per-patch min-max Grad-CAM)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = figure.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes.ravel().tolist(), fraction=0.03, pad=0.02
+    )
+    bar.set_label("Grad-CAM (per window, min-max scaled)", fontsize=8)
 
 
 def plot_gradcam_regions(
@@ -204,9 +223,6 @@ def plot_gradcam_regions(
     title: str,
 ) -> Path:
     """Each region: the tissue, then its Grad-CAM overlay; one colour bar for all."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
     n = max(len(images), 1)
     columns = min(n, 4)
     rows = -(-n // columns)
@@ -221,10 +237,7 @@ def plot_gradcam_regions(
     if not len(images):
         axes[0, 0].text(0.5, 0.5, "no windows scored", ha="center", va="center")
     figure.suptitle(title, fontsize=9)
-    bar = figure.colorbar(
-        ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes.ravel().tolist(), fraction=0.03, pad=0.02
-    )
-    bar.set_label("Grad-CAM (per window, min-max scaled)", fontsize=8)
+    _gradcam_colour_bar(figure, axes)
     return _save(figure, path)
 
 
@@ -248,6 +261,7 @@ def plot_mined_gallery(
     hit_distances: Sequence[Sequence[float]],
     path: str | Path,
     hit_places: Sequence[Sequence[str]] | None = None,
+    title: str | None = None,
 ) -> Path:
     """One row per false positive: the query patch, then its nearest weak-set
     hits with their distances (and, given ``hit_places``, slide id and level-0
@@ -262,4 +276,6 @@ def plot_mined_gallery(
             axes[row, col].imshow(image)
             place = f"\n{hit_places[row][col - 1]}" if hit_places is not None else ""
             axes[row, col].set_title(f"d={distance:.2f}{place}", fontsize=6)
+    if title:
+        figure.suptitle(title, fontsize=9)
     return _save_image_grid(figure, axes, path, empty_message=None if len(queries) else "no false positives")
