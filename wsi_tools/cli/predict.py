@@ -96,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="predict the slides on a local Dask cluster of N worker processes, one task per slide, as "
-        "batch does (default: in this process)",
+        "batch does (default: in this process; on a machine with several GPUs, one worker per GPU)",
     )
     cluster.add_argument(
         "--scheduler", metavar="ADDR", help="tcp://host:port of an existing Dask cluster (default: none)"
@@ -110,7 +110,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_flags(settings, PredictConfig, ("target_mpp",), flags={"target_mpp": "--mpp"})
     add_flags(settings, PredictConfig, FLAGS)
-    add_flags(parser.add_argument_group("Grad-CAM of the top-scoring regions"), PredictConfig, GRADCAM_FLAGS)
+    add_flags(
+        parser.add_argument_group("Grad-CAM: of the top-scoring regions, or of the whole slide"),
+        PredictConfig,
+        GRADCAM_FLAGS,
+    )
     add_flags(parser.add_argument_group("runtime"), PredictConfig, RUNTIME_FLAGS)
     parser.add_argument("--overwrite", action="store_true", help="predict again slides already in OUT")
     parser.add_argument(

@@ -66,7 +66,7 @@ class PredictConfig:
         8, "how many top-scoring regions get a Grad-CAM map (each two patch sides wide)", check=at_least(1)
     )
     gradcam_stride: int = option(
-        32, "px at the model's resolution between the Grad-CAM windows of a region (the seed paper: 32)",
+        32, "px at the model's resolution between the Grad-CAM windows of a region or of the whole slide (the seed paper: 32)",
         check=at_least(1),
     )  # fmt: skip
     gradcam_whole_slide: bool = option(
@@ -84,7 +84,10 @@ class PredictConfig:
         2, "threads that read windows while the model runs", check=at_least(1), output=False
     )
     device: str = option(
-        "auto", "auto (CUDA when present) | cpu | cuda | cuda:N", check=device_name, output=False
+        "auto",
+        "auto (CUDA when present; several GPUs: one worker each) | cpu | cuda | cuda:N (that GPU alone)",
+        check=device_name,
+        output=False,
     )
     progress: bool = option(True, "progress bars on a terminal", output=False)
 
