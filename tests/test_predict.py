@@ -146,6 +146,21 @@ def test_a_window_probability_lands_on_its_level0_box(
     assert mean_map[row, col] == pytest.approx(np.mean(covering), abs=1e-6)
 
 
+def test_a_slide_without_tissue_scores_zero_and_says_why(tmp_path: Path) -> None:
+    blank = write_aperio_svs(tmp_path / "blank.svs", np.full((1024, 1024, 3), 242, np.uint8), mpp=0.5)
+    checkpoint = _checkpoint(
+        tmp_path / "c.pt", pixels={"target_mpp": 0.5, "patch_size": 64, "tolerance": 0.05}
+    )
+    predictor = Predictor(checkpoint, PredictConfig(progress=False, gradcam=True, gradcam_whole_slide=True))
+    with pytest.warns(UserWarning, match="no window has a tissue share of at least 0.25"):
+        result = predictor.predict_slide(blank, tmp_path / "out")
+    assert result.scores == {"score_max": 0.0, "score_topk": 0.0, "n_tiles": 0, "n_positive": 0}
+    record = json.loads((result.out_dir / "slide.json").read_text())
+    assert "lower --tissue-min" in record["warnings"][-1] and record["gradcam_slide"]["windows"] == 0
+    assert np.isnan(np.load(result.out_dir / "gradcam_slide.npy")).all()
+    assert (result.out_dir / "heatmap.png").is_file() and (result.out_dir / "gradcam_slide.png").is_file()
+
+
 def test_an_old_checkpoint_asks_for_the_resolution_and_patch_size(tmp_path: Path) -> None:
     checkpoint = _checkpoint(tmp_path / "c.pt")
     with pytest.raises(ConfigError, match="--mpp UM and --patch-size PX"):

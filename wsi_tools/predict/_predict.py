@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -287,6 +288,14 @@ class Predictor:
         with open_slide(slide_path, backend=self.config.backend, mpp=mpp) as slide:
             windows = self.plan_windows(slide)
             plan, grid, tissue, origins = windows.plan, windows.grid, windows.tissue, windows.origins
+            notes = list(slide.warnings)
+            if not len(windows):
+                notes.append(
+                    f"{slide_path}: no window has a tissue share of at least {self.config.tissue_min:g}, so "
+                    "nothing was scored and the slide scores 0; check the heatmap's tissue outline, or "
+                    "lower --tissue-min"
+                )
+                warnings.warn(notes[-1], stacklevel=2)
             extent, fractions = grid.extent, windows.fractions
             probabilities = np.zeros(len(origins), np.float64)
             show = self.config.progress and _terminal()
@@ -315,7 +324,7 @@ class Predictor:
                 "settings": settings,
                 "checkpoint": str(self.checkpoint.resolve()),
                 "map": grid.geometry(),
-                "warnings": list(slide.warnings),
+                "warnings": notes,
                 "tool_version": __version__,
                 "code_version": code_version(),
                 "finished": now_iso(),
