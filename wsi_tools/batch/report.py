@@ -98,7 +98,8 @@ class BatchReport:
         return {**data, "totals": self.totals, "slides": [asdict(outcome) for outcome in self.slides]}
 
 
-def _cell(text: object) -> str:
+def markdown_cell(text: object) -> str:
+    """``text`` as one cell of a markdown table: pipes escaped, on one line."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -129,8 +130,8 @@ def report_markdown(report: BatchReport) -> str:
     for o in report.slides:
         error = f"{o.error_type}: {o.error}" if o.error else ""
         lines.append(
-            f"| {o.line} | {_cell(o.slide_id)} | {o.set} | {o.status} | {o.n_patches} | {o.seconds:.1f} "
-            f"| {o.attempts} | {_cell(_counts_text(o.counts))} | {_cell(error)} |"
+            f"| {o.line} | {markdown_cell(o.slide_id)} | {o.set} | {o.status} | {o.n_patches} | {o.seconds:.1f} "
+            f"| {o.attempts} | {markdown_cell(_counts_text(o.counts))} | {markdown_cell(error)} |"
         )
     lines.append("")
     return "\n".join(lines)

@@ -188,10 +188,12 @@ def _gpus_to_spread_over(
     when the device was left to auto or cuda, there are several, and so are the slides."""
     import torch
 
-    if args.workers or args.scheduler or not predictor.runtime.cuda or config.device not in ("auto", "cuda"):
+    from wsi_tools.predict._cluster import spreads_over_gpus
+
+    if args.workers or args.scheduler or not predictor.runtime.cuda or slides < 2:
         return 0
     count = torch.cuda.device_count()
-    return count if count > 1 and slides > 1 else 0
+    return count if spreads_over_gpus(config.device, count) else 0
 
 
 def _predict_all(
@@ -285,6 +287,8 @@ def _write_report(
 
 def _report_markdown(report: dict[str, Any]) -> str:
     """report.json as a page to read: failures first, then every slide by score."""
+    from wsi_tools.batch.report import markdown_cell
+
     counts = report["counts"]
     lines = [
         "# wsi-tools predict",
@@ -304,17 +308,17 @@ def _report_markdown(report: dict[str, Any]) -> str:
     )
     for row in slides:
         scores = row.get("scores", {})
-
-        def cell(key: str, digits: int = 3, scores: dict[str, Any] = scores) -> str:
-            value = scores.get(key)
-            return "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
+        numbers = [
+            _score_text(scores.get(key)) for key in ("score_max", "score_topk", "n_tiles", "n_positive")
+        ]
         error = f"{row.get('error_type', '')}: {row.get('error', '')}" if row["status"] == "failed" else ""
-        lines.append(
-            f"| {row['slide_id']} | {row['status']} | {cell('score_max')} | {cell('score_topk')} "
-            f"| {cell('n_tiles')} | {cell('n_positive')} | {error.replace('|', '/')} |"
-        )
+        cells = [markdown_cell(row["slide_id"]), row["status"], *numbers, markdown_cell(error)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _score_text(value: object) -> str:
+    return "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _cohort(args: argparse.Namespace) -> list[CohortSlide]:

@@ -21,15 +21,19 @@ from wsi_tools.predict._predict import Predictor, SlidePrediction
 _PREDICTORS: dict[tuple[str, str], Predictor] = {}
 
 
+def spreads_over_gpus(requested: str, gpu_count: int) -> bool:
+    """Whether slides go one worker per GPU: the device was left to ``auto`` or ``cuda``
+    and the machine has several."""
+    return requested in ("auto", "cuda") and gpu_count > 1
+
+
 def worker_device(requested: str, worker_name: object, gpu_count: int) -> str:
     """One GPU per worker: worker i of a local cluster (named 0, 1, ...) takes
     ``cuda:(i mod gpu_count)`` when ``auto`` or ``cuda`` was asked for and the machine
     has several GPUs; a named device (``cuda:1``, ``cpu``), one GPU, or a worker of a
     cluster of one's own (named otherwise: start it one GPU per worker, e.g. with
     CUDA_VISIBLE_DEVICES) keeps what was asked for."""
-    if requested not in ("auto", "cuda") or gpu_count < 2:
-        return requested
-    if isinstance(worker_name, bool) or not isinstance(worker_name, int | str):
+    if not spreads_over_gpus(requested, gpu_count) or not isinstance(worker_name, int | str):
         return requested
     try:
         index = int(worker_name)

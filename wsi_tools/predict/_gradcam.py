@@ -82,15 +82,18 @@ def region_gradcam(
     )
 
 
+SLIDE_CAM_PERCENTILE = 99.5  # the whole-slide map's 1.0: robust to a few extreme cells
+
+
 def whole_slide_gradcam(
-    predictor: Any, slide: Any, windows: Any, progress: bool, desc: str, percentile: float = 99.5
+    predictor: Any, slide: Any, windows: Any, progress: bool, desc: str
 ) -> tuple[np.ndarray, float]:
     """The Grad-CAM map (rows, cols) of the cells of ``windows.grid`` (a grid at the
     Grad-CAM stride) and its scale: each window's raw map, resized to the k x k
     cells it covers, averaged with its neighbours', then divided by the map's
-    ``percentile`` and clipped to [0, 1]; NaN off the tissue. Raw maps, not each
-    scaled to [0, 1]: scaled per window, every window of plain stroma would show
-    a hot spot of its own."""
+    SLIDE_CAM_PERCENTILE-th percentile and clipped to [0, 1]; NaN off the tissue.
+    Raw maps, not each scaled to [0, 1]: scaled per window, every window of plain
+    stroma would show a hot spot of its own."""
     import cv2
     from tqdm import tqdm
 
@@ -109,7 +112,7 @@ def whole_slide_gradcam(
             bar.update(len(patches))
     values = cam_map.mean()
     finite = values[np.isfinite(values)]
-    scale = float(np.percentile(finite, percentile)) if len(finite) else 0.0
+    scale = float(np.percentile(finite, SLIDE_CAM_PERCENTILE)) if len(finite) else 0.0
     if scale > 0:
         values = np.clip(values / scale, 0.0, 1.0)
     return values.astype(np.float32), scale

@@ -87,12 +87,9 @@ class ProbabilityMap:
 
     def add(self, rows: np.ndarray, cols: np.ndarray, probabilities: np.ndarray) -> None:
         """Add each window's probability to the k x k cells it covers."""
-        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         values = np.asarray(probabilities, np.float64)
-        for dy in range(self.grid.windows_per_side):
-            for dx in range(self.grid.windows_per_side):
-                np.add.at(self.total, (rows + dy, cols + dx), values)
-                np.add.at(self.count, (rows + dy, cols + dx), 1)
+        k = self.grid.windows_per_side
+        self.add_maps(rows, cols, np.broadcast_to(values[:, None, None], (len(values), k, k)))
 
     def add_maps(self, rows: np.ndarray, cols: np.ndarray, maps: np.ndarray) -> None:
         """Add each window's (k, k) map, one value per cell it covers (a Grad-CAM map

@@ -45,7 +45,6 @@ SLIDE_FILE = "slide.json"
 TISSUE_MPP = 16.0  # as extraction: the mask the windows' tissue share is measured on
 HEATMAP_MPP = 8.0
 HEATMAP_MAX_PX = 2000
-SLIDE_CAM_PERCENTILE = 99.5  # the whole-slide Grad-CAM's 1.0: robust to a few extreme cells
 SPAN_WINDOWS = 16
 POSITIVE_GROUP = "predicted positive"
 HOLE_GROUP = "predicted positive (hole)"
@@ -416,23 +415,20 @@ class Predictor:
         prediction_seconds: float,
     ) -> dict[str, Any]:
         """gradcam_slide.npy/.json/.png: Grad-CAM over every tissue window; what it cost."""
-        from wsi_tools.predict._gradcam import whole_slide_gradcam
+        from wsi_tools.predict._gradcam import SLIDE_CAM_PERCENTILE, whole_slide_gradcam
         from wsi_tools.viz.heatmap import render_heatmap
 
         started = time.perf_counter()
         stride = self.config.gradcam_stride
         cam_windows = self.plan_windows(slide, stride=stride, tissue=windows.tissue)
         cam_map, scale = whole_slide_gradcam(
-            self, slide, cam_windows, progress, f"Grad-CAM {record['slide_id'][:15]}", SLIDE_CAM_PERCENTILE
+            self, slide, cam_windows, progress, f"Grad-CAM {record['slide_id'][:15]}"
         )
-        np.save(folder / "gradcam_slide.npy", cam_map)
         values = (
             f"Grad-CAM ({self.gradcam_layer}) of the windows covering each cell, averaged, divided by "
             f"its {SLIDE_CAM_PERCENTILE:g}th percentile over the slide (scale) and clipped to 1; NaN: none"
         )
-        (folder / "gradcam_slide.json").write_text(
-            json.dumps({**cam_windows.grid.geometry(), "values": values, "scale": scale}, indent=1)
-        )
+        _save_map(folder, "gradcam_slide", cam_map, cam_windows.grid, values=values, scale=scale)
         seconds = time.perf_counter() - started
         render_heatmap(
             thumbnail,
@@ -473,16 +469,10 @@ class Predictor:
             writer.writerow(["x", "y", "prob", "tissue_fraction"])
             for (x, y), probability, fraction in zip(origins.tolist(), probabilities, fractions, strict=True):
                 writer.writerow([x, y, f"{probability:.6f}", f"{fraction:.4f}"])
-        np.save(folder / "probability.npy", mean_map)
-        (folder / "probability.json").write_text(
-            json.dumps(
-                {
-                    **grid.geometry(),
-                    "values": "mean probability of the windows covering each cell; NaN: none scored",
-                },
-                indent=1,
-            )
-        )
+        _save_map(
+            folder, "probability", mean_map, grid,
+            values="mean probability of the windows covering each cell; NaN: none scored",
+        )  # fmt: skip
         mpp = record["slide_mpp"]
         annotations, holes = region_annotations(regions)
         write_asap_xml(
@@ -536,14 +526,11 @@ def window_stride(patch_size: int, stride: int | None, overlap: float | None) ->
     """The step between windows in px at the model's resolution: ``stride``, or
     ``patch x (1 - overlap)``, or half a patch; it must divide the patch, so that
     every map cell is covered by the same number of windows."""
-    if stride is None:
-        stride = max(1, round(patch_size * (1 - overlap))) if overlap is not None else patch_size // 2
-        given = (
-            f"--overlap {overlap:g} (a stride of {stride} px)"
-            if overlap is not None
-            else f"--stride {stride}"
-        )
+    if stride is None and overlap is not None:
+        stride = max(1, round(patch_size * (1 - overlap)))
+        given = f"--overlap {overlap:g} (a stride of {stride} px)"
     else:
+        stride = stride if stride is not None else patch_size // 2
         given = f"--stride {stride}"
     if patch_size % stride:
         divisors = [d for d in range(1, patch_size + 1) if patch_size % d == 0]
@@ -553,6 +540,12 @@ def window_stride(patch_size: int, stride: int | None, overlap: float | None) ->
             f"patch; overlaps that fit: {shares})"
         )
     return int(stride)
+
+
+def _save_map(folder: Path, name: str, cells: np.ndarray, grid: SlidingGrid, **description: object) -> None:
+    """``name.npy`` and ``name.json``: a map at cell resolution and its level-0 geometry."""
+    np.save(folder / f"{name}.npy", cells)
+    (folder / f"{name}.json").write_text(json.dumps({**grid.geometry(), **description}, indent=1))
 
 
 def slide_scores(probabilities: np.ndarray, threshold: float, top_k: int) -> dict[str, float]:

@@ -232,13 +232,9 @@ def plot_gradcam_regions(
         axes[row, column].imshow(image)
         axes[row, column].set_title(titles[index], fontsize=7)
         axes[row + 1, column].imshow(overlay(image, cam))
-    for axis in axes.ravel():
-        axis.axis("off")
-    if not len(images):
-        axes[0, 0].text(0.5, 0.5, "no windows scored", ha="center", va="center")
     figure.suptitle(title, fontsize=9)
     _gradcam_colour_bar(figure, axes)
-    return _save(figure, path)
+    return _save_image_grid(figure, axes, path, empty_message=None if len(images) else "no windows scored")
 
 
 def plot_side_by_side(
