@@ -328,6 +328,7 @@ class Predictor:
                 "code_version": code_version(),
                 "finished": now_iso(),
             }
+            prediction_seconds = time.perf_counter() - started  # what a Grad-CAM's cost is compared with
             temporary = out / f".tmp-{slide_id}-{uuid.uuid4().hex[:12]}"
             temporary.mkdir(parents=True)
             try:
@@ -337,8 +338,7 @@ class Predictor:
                     )
                 if self.config.gradcam_whole_slide:
                     record["gradcam_slide"] = self._gradcam_slide(
-                        temporary, slide, windows, record, thumbnail, downsample, show,
-                        time.perf_counter() - started,
+                        temporary, slide, windows, record, thumbnail, downsample, show, prediction_seconds
                     )  # fmt: skip
                 self._write(temporary, record, origins, fractions, probabilities, mean_map, grid, regions)
                 self._heatmap(
