@@ -107,30 +107,23 @@ def write_checkpoint(path: Path, target_mpp: float) -> Path:
 
 
 def child(phase: str, slide_path: str, checkpoint: str, out: str, threads: int, device: str) -> None:
-    import torch
-
     from wsi_tools.predict import PredictConfig, Predictor
     from wsi_tools.slide import open_slide
 
     config = PredictConfig(threads=threads, device=device, progress=False)
     predictor = Predictor(checkpoint, config)
     result: dict[str, float | int | str] = {"device": str(predictor.runtime.device)}
+    started = time.perf_counter()
     if phase == "predict":
-        started = time.perf_counter()
         prediction = predictor.predict_slide(slide_path, out, slide_id="bench")
-        seconds = time.perf_counter() - started
-        windows = int(prediction.scores["n_tiles"])
-        result.update(windows=windows, seconds=round(seconds, 2), patches_per_s=round(windows / seconds, 1))
+        result.update(windows_per_second(int(prediction.scores["n_tiles"]), started))
     else:
         with open_slide(slide_path) as slide:
             windows = predictor.plan_windows(slide)
             if phase == "read":
                 started = time.perf_counter()
                 count = sum(len(patches) for _, patches in predictor.read_batches(slide, windows))
-                seconds = time.perf_counter() - started
-                result.update(
-                    windows=count, seconds=round(seconds, 2), patches_per_s=round(count / seconds, 1)
-                )
+                result.update(windows_per_second(count, started))
             else:
                 batches = []
                 for _, patches in predictor.read_batches(slide, windows):
@@ -138,14 +131,21 @@ def child(phase: str, slide_path: str, checkpoint: str, out: str, threads: int, 
                         batches.append(patches)
                     if len(batches) == 12:
                         break
-                result.update(model_forward(predictor, batches, torch))
+                result.update(model_forward(predictor, batches))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
 
 
-def model_forward(predictor, batches, torch) -> dict[str, float]:
+def windows_per_second(count: int, started: float) -> dict[str, float | int]:
+    seconds = time.perf_counter() - started
+    return {"windows": count, "seconds": round(seconds, 2), "patches_per_s": round(count / seconds, 1)}
+
+
+def model_forward(predictor, batches) -> dict[str, float]:
     """Patches/s of the bare forward on ready device batches, and of ``score`` on uint8 ones;
     the better of two rounds after a warm-up batch."""
+    import torch
+
     from wsi_tools.train.data import resize_batch
     from wsi_tools.train.inference import to_device
 

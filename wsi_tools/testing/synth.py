@@ -245,7 +245,8 @@ def banked_tiles(
     tile is glass or one of ``bank`` tissue tiles, drawn once per level and JPEG
     encoded once; a tile is tissue where ``content`` has tissue at its centre, so
     the layout agrees with the levels drawn from ``content``. The tissue tiles are
-    ``content``'s texture at that level's scale, without the blob outline."""
+    ``content`` drawn at that level's scale at ``bank`` random tissue places (a
+    blob's edge included where one falls there)."""
 
     def level_tiles(downsample: float, level_size: tuple[int, int]) -> Iterator[bytes]:
         width, height = level_size
