@@ -243,19 +243,19 @@ def holdout_heatmaps(
     pictures = {}
     for slide_id, source, attrs in usable:
         images, titles = [], []
+        weak_set = attrs.get("set") == "weak"
         for name, predictor in predictors.items():
             result = predictor.predict_slide(
                 source, out_dir / "predict" / name, slide_id=slide_id, slide_mpp=attrs.get("mpp_override")
             )
             scores = result.scores
             images.append(read_rgb(result.out_dir / "heatmap.png"))
-            weak_set = attrs.get("set") == "weak"
             titles.append(
                 f"{name} model\n{scores['n_positive']} of {scores['n_tiles']} windows >= {predictor.threshold:g}"
                 + (" (all false positives)" if weak_set else "")
                 + f"\nslide score {scores['score_max']:.2f}"
             )
-        what = "held-out weak slide (never mined)" if attrs.get("set") == "weak" else "test slide (annotated)"
+        what = "held-out weak slide (never mined)" if weak_set else "test slide (annotated)"
         pictures[slide_id] = str(
             figures.plot_side_by_side(
                 images,
